@@ -1,0 +1,1 @@
+"""Sell My Images: sell AI-upscaled copies of your images."""
