@@ -1,0 +1,602 @@
+"""The Job Manager: the only code that changes a job.
+
+Every change runs in a transaction that also writes a JobEvent, so the
+audit trail and the job never disagree. Status changes are checked against
+the transition table and applied with a row lock plus a conditional UPDATE,
+so two processes racing to move one job cannot both succeed. Signals and
+follow-up tasks are sent only after the transaction commits.
+"""
+
+import hashlib
+import logging
+import secrets
+import uuid
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from sellmyimages.jobs import signals
+from sellmyimages.jobs.exceptions import (
+    ConcurrentUpdate,
+    InvalidTransition,
+    JobNotFound,
+    JobValidationError,
+)
+from sellmyimages.jobs.lifecycle import STATUS_TIMESTAMPS, transition_error
+from sellmyimages.jobs.models import Job, JobEvent, PaymentStatus, SourceKind, Status
+from sellmyimages.jobs.pricing import calculate_quote, parse_factor
+
+logger = logging.getLogger(__name__)
+
+ORDERABLE_FIELDS = {
+    "created_at",
+    "updated_at",
+    "paid_at",
+    "completed_at",
+    "failed_at",
+    "status",
+    "payment_status",
+    "customer_price",
+    "resolution",
+    "download_expires_at",
+}
+
+# Fields that update_job may set. Status, payment references and tokens have
+# their own methods because each carries rules of its own.
+UPDATABLE_FIELDS = {
+    "email",
+    "post_id",
+    "attachment_id",
+    "source_path",
+    "provider",
+    "provider_job_id",
+    "output_path",
+    "output_size",
+    "output_width",
+    "output_height",
+    "output_sha256",
+    "output_format",
+    "download_expires_at",
+    "failure_code",
+    "failure_detail",
+    "attempt_count",
+    "payment_provider",
+    "payment_status",
+    "refunded_at",
+}
+
+COST_FIELDS = {
+    "provider_cost",
+    "customer_price",
+    "credits_required",
+    "credits_charged",
+    "markup_percentage",
+    "payment_fee",
+    "refund_amount",
+}
+
+TOKEN_BYTES = 32  # 64 hexadecimal characters
+
+
+def hash_token(token):
+    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
+
+
+class JobManager:
+    """Create, query and change jobs; every method records who acted."""
+
+    # Creation and queries
+
+    def create_job(
+        self,
+        *,
+        resolution,
+        source_kind,
+        source_ref,
+        source_path,
+        source_width,
+        source_height,
+        source_format="",
+        email="",
+        post_id="",
+        attachment_id="",
+        payment_provider="",
+        actor="system",
+    ):
+        """Create a job awaiting payment, priced from the measured size.
+
+        Callers pass dimensions they measured themselves from the file at
+        source_path (see sellmyimages.catalog.images); the price is computed
+        here and never taken from a caller.
+        """
+        resolution = self.validate_resolution(resolution)
+        email = self.validate_email(email)
+        if source_kind not in SourceKind.values:
+            raise JobValidationError(
+                "source_kind",
+                f"{source_kind!r} is not one of {', '.join(SourceKind.values)}.",
+            )
+        for field, value in (("source_width", source_width), ("source_height", source_height)):
+            if not isinstance(value, int) or value < 1:
+                raise JobValidationError(field, f"{value!r} is not a positive integer.")
+        for field, value in (("post_id", post_id), ("attachment_id", attachment_id)):
+            if len(str(value)) > 64:
+                raise JobValidationError(field, "is longer than 64 characters.")
+
+        quote = calculate_quote(source_width, source_height, resolution)
+        with transaction.atomic():
+            job = Job.objects.create(
+                source_kind=source_kind,
+                source_ref=source_ref,
+                source_path=str(source_path),
+                source_width=source_width,
+                source_height=source_height,
+                source_format=source_format,
+                resolution=resolution,
+                email=email,
+                post_id=str(post_id or ""),
+                attachment_id=str(attachment_id or ""),
+                payment_provider=payment_provider,
+                currency=quote.currency,
+                customer_price=quote.price,
+                provider_cost=quote.provider_cost,
+                credits_required=quote.credits,
+                markup_percentage=quote.markup_percentage,
+            )
+            self._record(
+                job,
+                "job_created",
+                actor=actor,
+                to_status=job.status,
+                data={"resolution": resolution, "price": str(quote.price)},
+            )
+            self._send_after_commit(signals.job_created, job)
+        logger.info(
+            "event=job_created job_id=%s resolution=%s price=%s",
+            job.job_id,
+            resolution,
+            quote.price,
+        )
+        return job
+
+    def get_job(self, job_id):
+        try:
+            return Job.objects.get(job_id=self._parse_job_id(job_id))
+        except Job.DoesNotExist:
+            raise JobNotFound(job_id) from None
+
+    def get_jobs(
+        self,
+        *,
+        status=None,
+        payment_status=None,
+        limit=20,
+        offset=0,
+        order_by="-created_at",
+        email=None,
+        created_after=None,
+        created_before=None,
+    ):
+        """Return a list of jobs matching the filters, newest first by default."""
+        jobs = Job.objects.all()
+        if status:
+            statuses = [status] if isinstance(status, str) else list(status)
+            for value in statuses:
+                if value not in Status.values:
+                    raise JobValidationError(
+                        "status", f"{value!r} is not one of {', '.join(Status.values)}."
+                    )
+            jobs = jobs.filter(status__in=statuses)
+        if payment_status:
+            jobs = jobs.filter(payment_status=payment_status)
+        if email:
+            jobs = jobs.filter(email__iexact=email)
+        if created_after:
+            jobs = jobs.filter(created_at__gte=self._aware(created_after, "created_after"))
+        if created_before:
+            jobs = jobs.filter(created_at__lt=self._aware(created_before, "created_before"))
+
+        if order_by.lstrip("-") not in ORDERABLE_FIELDS:
+            raise JobValidationError(
+                "order_by",
+                f"{order_by!r} is not one of {', '.join(sorted(ORDERABLE_FIELDS))}.",
+            )
+        if not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise JobValidationError("limit", f"{limit!r} is not between 1 and 1000.")
+        if not isinstance(offset, int) or offset < 0:
+            raise JobValidationError("offset", f"{offset!r} is not zero or more.")
+        return list(jobs.order_by(order_by, "-id")[offset : offset + limit])
+
+    # Status changes
+
+    def update_status(
+        self, job_id, status, *, actor="system", reason="", expected_status=None, **data
+    ):
+        """Move a job to `status`; return False if it already had it.
+
+        `data` may set any field update_job accepts, in the same
+        transaction. With `expected_status`, the change happens only if the
+        job is still in that status, so a caller can claim a step.
+        """
+        self._check_fields(data, UPDATABLE_FIELDS)
+        _job, changed = self._transition(
+            job_id,
+            status,
+            actor=actor,
+            reason=reason,
+            fields=data,
+            expected_status=expected_status,
+        )
+        return changed
+
+    def mark_payment_completed(
+        self, job_id, payment_intent_id, *, actor="system", email="", amount=None
+    ):
+        """Record a confirmed payment and start processing.
+
+        Safe to call any number of times for the same payment: a job that
+        is already paid with this payment reference is left alone. A job
+        that was abandoned is revived, since the customer did pay.
+        """
+        if not payment_intent_id:
+            raise JobValidationError("payment_intent_id", "must not be empty.")
+        email = self.validate_email(email) if email else ""
+        with transaction.atomic():
+            job = self._locked(job_id)
+            if job.payment_status != PaymentStatus.UNPAID:
+                if job.payment_intent_id == payment_intent_id:
+                    return False
+                raise InvalidTransition(
+                    job.status,
+                    Status.PENDING,
+                    f"the job was already paid with another payment ({job.payment_status})",
+                )
+            fields = {
+                "payment_status": PaymentStatus.PAID,
+                "payment_intent_id": payment_intent_id,
+                "paid_at": timezone.now(),
+            }
+            if email and not job.email:
+                fields["email"] = email
+            data = {"payment_intent_id": payment_intent_id}
+            if amount is not None:
+                data["amount"] = str(amount)
+            try:
+                job, _changed = self._transition(
+                    job,
+                    Status.PENDING,
+                    actor=actor,
+                    reason="payment completed",
+                    fields=fields,
+                    event="payment_completed",
+                    data=data,
+                )
+            except IntegrityError:
+                raise JobValidationError(
+                    "payment_intent_id", "is already recorded on another job."
+                ) from None
+            self._send_after_commit(signals.payment_completed, job)
+        return True
+
+    def mark_failed(self, job_id, reason, *, detail="", actor="system"):
+        """Fail a job with a short reason code; a paid job is then refunded."""
+        if not reason or len(reason) > 64:
+            raise JobValidationError("reason", "must be a code of 1 to 64 characters.")
+        _job, changed = self._transition(
+            job_id,
+            Status.FAILED,
+            actor=actor,
+            reason=reason,
+            fields={"failure_code": reason, "failure_detail": detail[:4000]},
+        )
+        return changed
+
+    def _transition(
+        self,
+        job_or_id,
+        to_status,
+        *,
+        actor,
+        reason="",
+        fields=None,
+        expected_status=None,
+        event="status_changed",
+        data=None,
+    ):
+        if to_status not in Status.values:
+            raise JobValidationError(
+                "status", f"{to_status!r} is not one of {', '.join(Status.values)}."
+            )
+        with transaction.atomic():
+            if isinstance(job_or_id, Job):
+                job = job_or_id
+            else:
+                job = self._locked(job_or_id)
+            from_status = job.status
+            if expected_status is not None and from_status != expected_status:
+                if from_status == to_status:
+                    return job, False
+                raise ConcurrentUpdate(
+                    from_status, to_status, f"it is no longer {expected_status!r}"
+                )
+            if from_status == to_status:
+                return job, False
+            problem = transition_error(job, to_status)
+            if problem:
+                raise InvalidTransition(from_status, to_status, problem)
+
+            now = timezone.now()
+            updates = dict(fields or {})
+            updates["status"] = to_status
+            updates["updated_at"] = now
+            if to_status in STATUS_TIMESTAMPS:
+                updates[STATUS_TIMESTAMPS[to_status]] = now
+            if to_status == Status.PENDING:
+                updates.setdefault("failure_code", "")
+                updates.setdefault("failure_detail", "")
+            # The status in the WHERE clause makes this a compare-and-set even
+            # on databases where the row lock above is a no-op.
+            updated = Job.objects.filter(pk=job.pk, status=from_status).update(**updates)
+            if updated != 1:
+                raise ConcurrentUpdate(from_status, to_status, "another process changed it")
+            for name, value in updates.items():
+                setattr(job, name, value)
+            self._record(
+                job,
+                event,
+                actor=actor,
+                from_status=from_status,
+                to_status=to_status,
+                reason=reason,
+                data=data,
+            )
+            self._after_transition(job, from_status, to_status, reason)
+        logger.info(
+            "event=%s job_id=%s from_status=%s to_status=%s actor=%s",
+            event,
+            job.job_id,
+            from_status,
+            to_status,
+            actor,
+        )
+        return job, True
+
+    def _after_transition(self, job, from_status, to_status, reason):
+        self._send_after_commit(
+            signals.job_status_changed, job, old_status=from_status, new_status=to_status
+        )
+        if to_status == Status.COMPLETED:
+            self._send_after_commit(signals.job_completed, job)
+        elif to_status == Status.FAILED:
+            self._send_after_commit(signals.job_failed, job, reason=reason)
+        # Imported here because the pipeline imports this module.
+        from sellmyimages.jobs.pipeline import schedule_next_step
+
+        job_id = job.job_id
+        transaction.on_commit(lambda: schedule_next_step(job_id, to_status))
+
+    # Other changes
+
+    def update_job(self, job_id, *, actor="system", reason="", **fields):
+        """Set known fields on a job; unknown fields raise JobValidationError."""
+        self._check_fields(fields, UPDATABLE_FIELDS)
+        if "email" in fields:
+            fields["email"] = self.validate_email(fields["email"])
+        with transaction.atomic():
+            job = self._locked(job_id)
+            self._save_fields(job, fields)
+            self._record(
+                job, "job_updated", actor=actor, reason=reason, data={"fields": sorted(fields)}
+            )
+        return job
+
+    def update_checkout_session(self, job_id, session_id, *, actor="system"):
+        """Link the payment provider's checkout session to the job."""
+        if not session_id:
+            raise JobValidationError("session_id", "must not be empty.")
+        with transaction.atomic():
+            job = self._locked(job_id)
+            if job.checkout_session_id == session_id:
+                return job
+            try:
+                with transaction.atomic():
+                    self._save_fields(job, {"checkout_session_id": session_id})
+            except IntegrityError:
+                raise JobValidationError(
+                    "session_id", "is already linked to another job."
+                ) from None
+            self._record(job, "checkout_session_linked", actor=actor)
+        return job
+
+    def update_cost_data(self, job_id, *, actor="system", **costs):
+        """Record money figures; each must be a Decimal, an int or a str."""
+        self._check_fields(costs, COST_FIELDS)
+        values = {}
+        for name, value in costs.items():
+            values[name] = None if value is None else self._decimal(name, value)
+        with transaction.atomic():
+            job = self._locked(job_id)
+            self._save_fields(job, values)
+            self._record(
+                job,
+                "cost_updated",
+                actor=actor,
+                data={name: None if v is None else str(v) for name, v in values.items()},
+            )
+        return job
+
+    def generate_download_token(self, job_id, *, expires_in_hours=None, actor="system"):
+        """Issue a new download token and return it; only its hash is kept.
+
+        Issuing a token revokes the previous one.
+        """
+        if expires_in_hours is None:
+            expires_in_hours = settings.SMI_DOWNLOAD_EXPIRY_HOURS
+        token = secrets.token_hex(TOKEN_BYTES)
+        expires_at = timezone.now() + timedelta(hours=expires_in_hours)
+        with transaction.atomic():
+            job = self._locked(job_id)
+            if job.status != Status.COMPLETED:
+                raise InvalidTransition(
+                    job.status, job.status, "a download token needs a completed job"
+                )
+            self._save_fields(
+                job,
+                {"download_token_hash": hash_token(token), "download_expires_at": expires_at},
+            )
+            self._record(
+                job,
+                "download_token_issued",
+                actor=actor,
+                data={"expires_at": expires_at.isoformat()},
+            )
+        return token
+
+    def revoke_download_token(self, job_id, *, actor="system", reason=""):
+        """Make the current download link stop working; return False if none."""
+        with transaction.atomic():
+            job = self._locked(job_id)
+            if job.download_token_hash is None:
+                return False
+            self._save_fields(job, {"download_token_hash": None})
+            self._record(job, "download_revoked", actor=actor, reason=reason)
+        return True
+
+    def find_by_download_token(self, token):
+        """Return the job whose current token is `token`, or None."""
+        if not isinstance(token, str) or len(token) != TOKEN_BYTES * 2:
+            # Hash anyway so that malformed and unknown tokens take the same time.
+            hash_token(str(token))
+            return None
+        return Job.objects.filter(download_token_hash=hash_token(token)).first()
+
+    def record_download(self, job_id):
+        """Count a download that starts at byte 0."""
+        with transaction.atomic():
+            job = self._locked(job_id)
+            self._save_fields(
+                job,
+                {"download_count": job.download_count + 1, "last_downloaded_at": timezone.now()},
+            )
+            self._record(job, "downloaded", actor="customer")
+        return job
+
+    def record_event(self, job_id, event, *, actor="system", reason="", data=None):
+        """Add an action to the audit trail without changing the job."""
+        with transaction.atomic():
+            job = self._locked(job_id)
+            self._record(job, event, actor=actor, reason=reason, data=data)
+        return job
+
+    # Validation helpers
+
+    @staticmethod
+    def validate_resolution(resolution):
+        allowed = settings.SMI_RESOLUTIONS
+        if resolution not in allowed:
+            raise JobValidationError(
+                "resolution", f"{resolution!r} is not one of {', '.join(allowed)}."
+            )
+        parse_factor(resolution)
+        return resolution
+
+    @staticmethod
+    def validate_email(email):
+        if email is None or email == "":
+            return ""
+        if not isinstance(email, str):
+            raise JobValidationError("email", "must be a string.")
+        email = email.strip()
+        try:
+            validate_email(email)
+        except ValidationError:
+            # The address itself stays out of the message, which may be logged.
+            raise JobValidationError("email", "is not a valid email address.") from None
+        return email
+
+    # Internals
+
+    @staticmethod
+    def _parse_job_id(job_id):
+        if isinstance(job_id, uuid.UUID):
+            return job_id
+        try:
+            return uuid.UUID(str(job_id))
+        except ValueError:
+            raise JobNotFound(job_id) from None
+
+    def _locked(self, job_id):
+        try:
+            return Job.objects.select_for_update().get(job_id=self._parse_job_id(job_id))
+        except Job.DoesNotExist:
+            raise JobNotFound(job_id) from None
+
+    @staticmethod
+    def _check_fields(fields, allowed):
+        for name in fields:
+            if name not in allowed:
+                raise JobValidationError(
+                    name, f"is not a field that can be set here; allowed: {', '.join(sorted(allowed))}."
+                )
+
+    @staticmethod
+    def _decimal(name, value):
+        if isinstance(value, float) or isinstance(value, bool):
+            raise JobValidationError(name, f"{value!r} is a float; pass a Decimal or a string.")
+        try:
+            result = Decimal(value)
+        except (InvalidOperation, TypeError, ValueError):
+            raise JobValidationError(name, f"{value!r} is not a number.") from None
+        if not result.is_finite() or result < 0:
+            raise JobValidationError(name, f"{value!r} is not a finite number of zero or more.")
+        return result
+
+    @staticmethod
+    def _aware(value, field):
+        if timezone.is_naive(value):
+            raise JobValidationError(field, "must be a timezone-aware datetime.")
+        return value
+
+    @staticmethod
+    def _save_fields(job, fields):
+        for name, value in fields.items():
+            setattr(job, name, value)
+        job.save(update_fields=[*fields, "updated_at"])
+
+    @staticmethod
+    def _record(job, event, *, actor, from_status="", to_status="", reason="", data=None):
+        return JobEvent.objects.create(
+            job=job,
+            event=event,
+            from_status=from_status or "",
+            to_status=to_status or "",
+            actor=actor,
+            reason=reason or "",
+            data=data or {},
+        )
+
+    @staticmethod
+    def _send_after_commit(signal, job, **kwargs):
+        job_pk = job.pk
+
+        def send():
+            fresh = Job.objects.get(pk=job_pk)
+            for receiver, result in signal.send_robust(sender=Job, job=fresh, **kwargs):
+                if isinstance(result, Exception):
+                    logger.error(
+                        "event=signal_receiver_failed job_id=%s receiver=%r error=%r",
+                        fresh.job_id,
+                        receiver,
+                        result,
+                        exc_info=result,
+                    )
+
+        transaction.on_commit(send)
+
+
+job_manager = JobManager()

@@ -1,0 +1,211 @@
+"""Django settings for Sell My Images, read from the environment.
+
+Everything the service keeps (database file, originals, outputs, outbox)
+lives under SMI_DATA_DIR so that one folder is the whole state of an
+embedded installation.
+"""
+
+import os
+import secrets
+from decimal import Decimal
+from pathlib import Path
+
+import dj_database_url
+
+from sellmyimages.envconfig import (
+    env_bool,
+    env_decimal,
+    env_int,
+    env_list,
+    load_or_create_secret_key,
+)
+
+DATA_DIR = Path(os.environ.get("SMI_DATA_DIR", "data")).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+SECRET_KEY = os.environ.get("SMI_SECRET_KEY") or load_or_create_secret_key(
+    DATA_DIR / "secret_key", secrets.token_urlsafe
+)
+DEBUG = env_bool("SMI_DEBUG", False)
+ALLOWED_HOSTS = env_list("SMI_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("SMI_CSRF_TRUSTED_ORIGINS", [])
+
+# The public base URL is used to build links in emails and callback URLs
+# for providers; requests alone cannot tell it behind a proxy.
+PUBLIC_BASE_URL = os.environ.get("SMI_PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip(
+    "/"
+)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_tasks_db",
+    "sellmyimages.jobs",
+    "sellmyimages.catalog",
+    "sellmyimages.payments",
+    "sellmyimages.upscaling",
+    "sellmyimages.delivery",
+    "sellmyimages.notifications",
+    "sellmyimages.storefront",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "sellmyimages.urls"
+WSGI_APPLICATION = "sellmyimages.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "sellmyimages.storefront.context.shop",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'smi.sqlite3'}",
+        conn_max_age=int(os.environ.get("SMI_DB_CONN_MAX_AGE", "0")),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web process read while the worker writes; IMMEDIATE
+    # transactions take the write lock up front so that two writers queue on
+    # the busy timeout instead of failing with "database is locked" midway.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+TASKS = {
+    "default": {
+        "BACKEND": os.environ.get(
+            "SMI_TASK_BACKEND", "django_tasks_db.DatabaseBackend"
+        ),
+        "QUEUES": [],
+    }
+}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = True
+
+# Email: the embedded default writes each message as an .eml file into the
+# outbox folder; set SMI_EMAIL_BACKEND=smtp and the SMI_SMTP_* variables for
+# real delivery.
+SMI_OUTBOX_DIR = Path(os.environ.get("SMI_OUTBOX_DIR", DATA_DIR / "outbox"))
+if os.environ.get("SMI_EMAIL_BACKEND", "outbox") == "smtp":
+    MAILERS = {
+        "default": {
+            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "OPTIONS": {
+                "host": os.environ.get("SMI_SMTP_HOST", "localhost"),
+                "port": env_int("SMI_SMTP_PORT", 587),
+                "username": os.environ.get("SMI_SMTP_USER", ""),
+                "password": os.environ.get("SMI_SMTP_PASSWORD", ""),
+                "use_tls": env_bool("SMI_SMTP_STARTTLS", True),
+                "timeout": 30,
+            },
+        }
+    }
+else:
+    MAILERS = {"default": {"BACKEND": "sellmyimages.notifications.outbox.EmailBackend"}}
+DEFAULT_FROM_EMAIL = os.environ.get("SMI_FROM_EMAIL", "Sell My Images <shop@localhost>")
+SMI_ADMIN_EMAIL = os.environ.get("SMI_ADMIN_EMAIL", "admin@localhost")
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
+# Shop settings. Money is Decimal in the shop currency's major unit.
+SMI_SHOP_NAME = os.environ.get("SMI_SHOP_NAME", "Sell My Images")
+SMI_CURRENCY = os.environ.get("SMI_CURRENCY", "usd").lower()
+SMI_MARKUP_PERCENT = env_decimal("SMI_MARKUP_PERCENT", Decimal("500"))
+SMI_MIN_PRICE = env_decimal("SMI_MIN_PRICE", Decimal("0.50"))
+SMI_COST_PER_CREDIT = env_decimal("SMI_COST_PER_CREDIT", Decimal("0.04"))
+SMI_CREDITS_PER_MEGAPIXEL = env_decimal("SMI_CREDITS_PER_MEGAPIXEL", Decimal("0.25"))
+SMI_RESOLUTIONS = env_list("SMI_RESOLUTIONS", ["4x", "8x"])
+SMI_MIN_SOURCE_SIDE = env_int("SMI_MIN_SOURCE_SIDE", 100)
+# Largest source image accepted, in pixels: above it the file is treated as
+# a decompression bomb and rejected before decoding.
+SMI_MAX_SOURCE_PIXELS = env_int("SMI_MAX_SOURCE_PIXELS", 50_000_000)
+SMI_MAX_SOURCE_BYTES = env_int("SMI_MAX_SOURCE_BYTES", 50 * 1024 * 1024)
+
+# Upscaling engines in order of preference, and the largest output each
+# may produce, in megapixels. A resolution whose output would exceed the
+# first engine's limit is not offered.
+SMI_UPSCALERS = env_list("SMI_UPSCALERS", ["local"])
+SMI_ENGINE_MAX_MEGAPIXELS = {
+    "local": env_int("SMI_LOCAL_MAX_MEGAPIXELS", 1000),
+    "upsampler": env_int("SMI_UPSAMPLER_MAX_MEGAPIXELS", 400),
+}
+
+SMI_PAYMENT_PROVIDER = os.environ.get("SMI_PAYMENT_PROVIDER", "local")
+# The local checkout moves no money; it exists only while test mode is on.
+SMI_TEST_MODE = env_bool("SMI_TEST_MODE", True)
+
+SMI_DOWNLOAD_EXPIRY_HOURS = env_int("SMI_DOWNLOAD_EXPIRY_HOURS", 24)
+SMI_ABANDON_AFTER_HOURS = env_int("SMI_ABANDON_AFTER_HOURS", 24)
+
+SMI_CATALOG_DIR = Path(os.environ.get("SMI_CATALOG_DIR", DATA_DIR / "catalog"))
+SMI_UPLOADS_DIR = DATA_DIR / "sources"
+SMI_OUTPUT_DIR = DATA_DIR / "outputs"
+SMI_TMP_DIR = DATA_DIR / "tmp"
+
+# Remote image URLs are accepted only from these hosts.
+SMI_ALLOWED_IMAGE_HOSTS = env_list("SMI_ALLOWED_IMAGE_HOSTS", [])
+# Private addresses that outbound fetches may reach anyway (a fake provider
+# on loopback in tests, an image server on the private network).
+SMI_FETCH_ALLOWED_ADDRESSES = env_list("SMI_FETCH_ALLOWED_ADDRESSES", [])
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "keyvalue": {"format": "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"}
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "keyvalue"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("SMI_LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django.tasks": {"level": "WARNING"},
+        "django_tasks_db": {"level": "WARNING"},
+    },
+}
