@@ -1,0 +1,13 @@
+from django.urls import path
+
+from sellmyimages.storefront import views
+
+app_name = "storefront"
+
+urlpatterns = [
+    path("", views.catalog, name="catalog"),
+    path("images/<str:name>/", views.product, name="product"),
+    path("images/<str:name>/thumbnail.jpg", views.thumbnail, name="thumbnail"),
+    path("orders/<uuid:job_id>/", views.order, name="order"),
+    path("orders/<uuid:job_id>/download", views.order_download, name="order-download"),
+]

@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from sellmyimages import health
+from sellmyimages.api.views import api
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", api.urls),
+    path("checkout/", include("sellmyimages.payments.urls")),
+    path("downloads/", include("sellmyimages.delivery.urls")),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("", include("sellmyimages.storefront.urls")),
+]
