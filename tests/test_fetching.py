@@ -187,6 +187,14 @@ def server():
 
 
 @pytest.fixture
+def download_dir(tmp_path):
+    """An empty folder for downloads, apart from files other fixtures create."""
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
 def internal_server():
     """A server on 127.0.0.1 that the policies do not allow."""
     with run_server("127.0.0.1") as server:
@@ -195,10 +203,10 @@ def internal_server():
         yield server
 
 
-def test_fetch_saves_image(server, tmp_path):
+def test_fetch_saves_image(server, download_dir):
     image = RETINA_JPEG.read_bytes()
     server.routes["/image.jpg"] = send_bytes(image)
-    destination = tmp_path / "image.jpg"
+    destination = download_dir / "image.jpg"
 
     result = fetch_to_file(
         f"{server.base_url}/image.jpg", destination, policy=POLICY
@@ -211,34 +219,34 @@ def test_fetch_saves_image(server, tmp_path):
     assert result.status_code == 200
     assert result.content_type == "image/jpeg"
     assert result.final_url == f"{server.base_url}/image.jpg"
-    assert list(tmp_path.iterdir()) == [destination]
+    assert list(download_dir.iterdir()) == [destination]
 
 
-def test_fetch_sends_user_agent(server, tmp_path):
+def test_fetch_sends_user_agent(server, download_dir):
     server.routes["/image.jpg"] = send_bytes(b"abc")
     policy = FetchPolicy(
         allowed_addresses=POLICY.allowed_addresses, user_agent="SellMyImages/test"
     )
 
-    fetch_to_file(f"{server.base_url}/image.jpg", tmp_path / "a", policy=policy)
+    fetch_to_file(f"{server.base_url}/image.jpg", download_dir / "a", policy=policy)
 
     _path, headers = server.requests[0]
     assert headers["User-Agent"] == "SellMyImages/test"
     assert headers["Accept-Encoding"] == "identity"
 
 
-def test_fetch_without_content_length(server, tmp_path):
+def test_fetch_without_content_length(server, download_dir):
     image = RETINA_JPEG.read_bytes()
     server.routes["/image.jpg"] = send_bytes(image, content_length=False)
 
     result = fetch_to_file(
-        f"{server.base_url}/image.jpg", tmp_path / "image.jpg", policy=POLICY
+        f"{server.base_url}/image.jpg", download_dir / "image.jpg", policy=POLICY
     )
 
     assert result.sha256 == hashlib.sha256(image).hexdigest()
 
 
-def test_fetch_follows_redirects_up_to_limit(server, tmp_path):
+def test_fetch_follows_redirects_up_to_limit(server, download_dir):
     image = RETINA_JPEG.read_bytes()
     server.routes["/image.jpg"] = send_bytes(image)
     server.routes["/hop1"] = send_redirect("/image.jpg", status=301)
@@ -246,18 +254,18 @@ def test_fetch_follows_redirects_up_to_limit(server, tmp_path):
     server.routes["/hop3"] = send_redirect("hop2", status=308)
 
     result = fetch_to_file(
-        f"{server.base_url}/hop3?sig=abc", tmp_path / "image.jpg", policy=POLICY
+        f"{server.base_url}/hop3?sig=abc", download_dir / "image.jpg", policy=POLICY
     )
 
     assert result.final_url == f"{server.base_url}/image.jpg"
     assert result.sha256 == hashlib.sha256(image).hexdigest()
 
 
-def test_too_many_redirects_rejected(server, tmp_path):
+def test_too_many_redirects_rejected(server, download_dir):
     for hop in range(1, 5):
         server.routes[f"/hop{hop}"] = send_redirect(f"/hop{hop - 1}")
     server.routes["/hop0"] = send_bytes(b"image")
-    destination = tmp_path / "image.jpg"
+    destination = download_dir / "image.jpg"
 
     with pytest.raises(TooManyRedirects) as caught:
         fetch_to_file(f"{server.base_url}/hop4", destination, policy=POLICY)
@@ -277,27 +285,27 @@ def test_too_many_redirects_rejected(server, tmp_path):
         "image.jpg",
     ],
 )
-def test_non_http_url_rejected(url, tmp_path):
+def test_non_http_url_rejected(url, download_dir):
     with pytest.raises(BlockedURL) as caught:
-        fetch_to_file(url, tmp_path / "image.jpg", policy=POLICY)
+        fetch_to_file(url, download_dir / "image.jpg", policy=POLICY)
 
     assert caught.value.transient is False
 
 
-def test_userinfo_rejected(server, tmp_path):
+def test_userinfo_rejected(server, download_dir):
     server.routes["/image.jpg"] = send_bytes(b"image")
     host = server.base_url.removeprefix("http://")
 
     with pytest.raises(BlockedURL) as caught:
         fetch_to_file(
-            f"http://admin:hunter2@{host}/image.jpg", tmp_path / "a", policy=POLICY
+            f"http://admin:hunter2@{host}/image.jpg", download_dir / "a", policy=POLICY
         )
 
     assert "hunter2" not in str(caught.value)
     assert server.requests == []
 
 
-def test_host_not_in_allowed_hosts_rejected(server, tmp_path):
+def test_host_not_in_allowed_hosts_rejected(server, download_dir):
     server.routes["/image.jpg"] = send_bytes(b"image")
     policy = FetchPolicy(
         allowed_hosts=frozenset({"images.example"}),
@@ -305,13 +313,13 @@ def test_host_not_in_allowed_hosts_rejected(server, tmp_path):
     )
 
     with pytest.raises(BlockedURL) as caught:
-        fetch_to_file(f"{server.base_url}/image.jpg", tmp_path / "a", policy=policy)
+        fetch_to_file(f"{server.base_url}/image.jpg", download_dir / "a", policy=policy)
 
     assert "127.0.0.2" in str(caught.value)
     assert server.requests == []
 
 
-def test_redirect_outside_allowed_hosts_rejected(server, internal_server, tmp_path):
+def test_redirect_outside_allowed_hosts_rejected(server, internal_server, download_dir):
     port = internal_server.server_address[1]
     server.routes["/start"] = send_redirect(f"http://localhost:{port}/")
     policy = FetchPolicy(
@@ -320,7 +328,7 @@ def test_redirect_outside_allowed_hosts_rejected(server, internal_server, tmp_pa
     )
 
     with pytest.raises(BlockedURL):
-        fetch_to_file(f"{server.base_url}/start", tmp_path / "a", policy=policy)
+        fetch_to_file(f"{server.base_url}/start", download_dir / "a", policy=policy)
 
     assert internal_server.requests == []
 
@@ -341,7 +349,7 @@ def test_redirect_outside_allowed_hosts_rejected(server, internal_server, tmp_pa
         "http://[2002:a00:1::]/image.jpg",
     ],
 )
-def test_non_public_address_rejected(url, internal_server, tmp_path):
+def test_non_public_address_rejected(url, internal_server, download_dir):
     url = url.format(port=internal_server.server_address[1])
     policy = FetchPolicy(
         timeout_seconds=1.0,
@@ -350,14 +358,14 @@ def test_non_public_address_rejected(url, internal_server, tmp_path):
     )
 
     with pytest.raises(BlockedAddress) as caught:
-        fetch_to_file(url, tmp_path / "image.jpg", policy=policy)
+        fetch_to_file(url, download_dir / "image.jpg", policy=policy)
 
     assert caught.value.transient is False
     assert internal_server.requests == []
-    assert list(tmp_path.iterdir()) == []
+    assert list(download_dir.iterdir()) == []
 
 
-def test_resolved_address_used_for_connect(server, tmp_path, monkeypatch):
+def test_resolved_address_used_for_connect(server, download_dir, monkeypatch):
     server.routes["/image.jpg"] = send_bytes(b"image")
     port = server.server_address[1]
 
@@ -368,7 +376,7 @@ def test_resolved_address_used_for_connect(server, tmp_path, monkeypatch):
     monkeypatch.setattr(GuardedBackend, "resolve", resolve_to_server)
 
     result = fetch_to_file(
-        f"http://images.example:{port}/image.jpg", tmp_path / "a", policy=POLICY
+        f"http://images.example:{port}/image.jpg", download_dir / "a", policy=POLICY
     )
 
     _path, headers = server.requests[0]
@@ -376,7 +384,7 @@ def test_resolved_address_used_for_connect(server, tmp_path, monkeypatch):
     assert result.size_bytes == len(b"image")
 
 
-def test_any_blocked_resolved_address_rejects_host(server, tmp_path, monkeypatch):
+def test_any_blocked_resolved_address_rejects_host(server, download_dir, monkeypatch):
     # getaddrinfo() cannot be pointed at a test DNS server here, so a stand-in
     # resolver returns one allowed and one private address for the host.
     server.routes["/image.jpg"] = send_bytes(b"image")
@@ -392,17 +400,17 @@ def test_any_blocked_resolved_address_rejects_host(server, tmp_path, monkeypatch
 
     with pytest.raises(BlockedAddress) as caught:
         fetch_to_file(
-            f"http://images.example:{port}/image.jpg", tmp_path / "a", policy=POLICY
+            f"http://images.example:{port}/image.jpg", download_dir / "a", policy=POLICY
         )
 
     assert "10.0.0.1" in str(caught.value)
     assert server.requests == []
 
 
-def test_redirect_to_loopback_rejected(server, internal_server, tmp_path):
+def test_redirect_to_loopback_rejected(server, internal_server, download_dir):
     port = internal_server.server_address[1]
     server.routes["/start"] = send_redirect(f"http://127.0.0.1:{port}/")
-    destination = tmp_path / "image.jpg"
+    destination = download_dir / "image.jpg"
 
     with pytest.raises(BlockedAddress):
         fetch_to_file(f"{server.base_url}/start", destination, policy=POLICY)
@@ -411,17 +419,17 @@ def test_redirect_to_loopback_rejected(server, internal_server, tmp_path):
     assert not destination.exists()
 
 
-def test_redirect_to_hostname_of_loopback_rejected(server, internal_server, tmp_path):
+def test_redirect_to_localhost_rejected(server, internal_server, download_dir):
     port = internal_server.server_address[1]
     server.routes["/start"] = send_redirect(f"http://localhost:{port}/")
 
     with pytest.raises(BlockedAddress):
-        fetch_to_file(f"{server.base_url}/start", tmp_path / "a", policy=POLICY)
+        fetch_to_file(f"{server.base_url}/start", download_dir / "a", policy=POLICY)
 
     assert internal_server.requests == []
 
 
-def test_redirect_to_metadata_rejected(server, tmp_path):
+def test_redirect_to_metadata_rejected(server, download_dir):
     server.routes["/start"] = send_redirect(
         "http://169.254.169.254/latest/meta-data/"
     )
@@ -432,15 +440,15 @@ def test_redirect_to_metadata_rejected(server, tmp_path):
     )
 
     with pytest.raises(BlockedAddress) as caught:
-        fetch_to_file(f"{server.base_url}/start", tmp_path / "a", policy=policy)
+        fetch_to_file(f"{server.base_url}/start", download_dir / "a", policy=policy)
 
     assert "169.254.169.254" in str(caught.value)
 
 
-def test_oversize_body_with_content_length_rejected(server, tmp_path):
+def test_oversize_body_with_content_length_rejected(server, download_dir):
     image = RETINA_JPEG.read_bytes()
     server.routes["/image.jpg"] = send_bytes(image)
-    destination = tmp_path / "image.jpg"
+    destination = download_dir / "image.jpg"
     destination.write_bytes(b"previous copy")
     policy = FetchPolicy(
         max_bytes=len(image) - 1, allowed_addresses=POLICY.allowed_addresses
@@ -451,10 +459,10 @@ def test_oversize_body_with_content_length_rejected(server, tmp_path):
 
     assert caught.value.transient is False
     assert destination.read_bytes() == b"previous copy"
-    assert list(tmp_path.iterdir()) == [destination]
+    assert list(download_dir.iterdir()) == [destination]
 
 
-def test_oversize_content_length_rejected_before_body(server, tmp_path):
+def test_oversize_content_length_rejected_before_body(server, download_dir):
     # The server declares 10 MiB and then sends nothing, so a fetcher that
     # waited for the body would time out instead of reporting the size.
     def declare_large_body(handler):
@@ -472,15 +480,15 @@ def test_oversize_content_length_rejected_before_body(server, tmp_path):
     )
 
     with pytest.raises(TooLarge):
-        fetch_to_file(f"{server.base_url}/image.jpg", tmp_path / "a", policy=policy)
+        fetch_to_file(f"{server.base_url}/image.jpg", download_dir / "a", policy=policy)
 
-    assert list(tmp_path.iterdir()) == []
+    assert list(download_dir.iterdir()) == []
 
 
-def test_oversize_chunked_body_rejected(server, tmp_path):
+def test_oversize_chunked_body_rejected(server, download_dir):
     # 64 MiB offered, 1 MiB allowed: the fetch must stop early, not buffer it.
     server.routes["/image.jpg"] = send_chunked(b"x" * 65536, count=1024)
-    destination = tmp_path / "image.jpg"
+    destination = download_dir / "image.jpg"
     policy = FetchPolicy(
         max_bytes=1024 * 1024, allowed_addresses=POLICY.allowed_addresses
     )
@@ -488,21 +496,21 @@ def test_oversize_chunked_body_rejected(server, tmp_path):
     with pytest.raises(TooLarge):
         fetch_to_file(f"{server.base_url}/image.jpg", destination, policy=policy)
 
-    assert list(tmp_path.iterdir()) == []
+    assert list(download_dir.iterdir()) == []
 
 
-def test_oversize_body_without_content_length_rejected(server, tmp_path):
+def test_oversize_body_without_content_length_rejected(server, download_dir):
     image = RETINA_JPEG.read_bytes()
     server.routes["/image.jpg"] = send_bytes(image, content_length=False)
     policy = FetchPolicy(max_bytes=100_000, allowed_addresses=POLICY.allowed_addresses)
 
     with pytest.raises(TooLarge):
-        fetch_to_file(f"{server.base_url}/image.jpg", tmp_path / "a", policy=policy)
+        fetch_to_file(f"{server.base_url}/image.jpg", download_dir / "a", policy=policy)
 
-    assert list(tmp_path.iterdir()) == []
+    assert list(download_dir.iterdir()) == []
 
 
-def test_trickling_body_cut_off_by_time_budget(server, tmp_path):
+def test_trickling_body_cut_off_by_time_budget(server, download_dir):
     # Each byte arrives well within any per-read timeout, so only the total
     # budget can stop this fetch.
     server.routes["/image.jpg"] = send_trickle(
@@ -513,19 +521,21 @@ def test_trickling_body_cut_off_by_time_budget(server, tmp_path):
     )
 
     with pytest.raises(FetchTimeout) as caught:
-        fetch_to_file(f"{server.base_url}/image.jpg", tmp_path / "a", policy=policy)
+        fetch_to_file(f"{server.base_url}/image.jpg", download_dir / "a", policy=policy)
 
     assert caught.value.transient is True
-    assert list(tmp_path.iterdir()) == []
+    assert list(download_dir.iterdir()) == []
 
 
-def test_connection_refused_is_transient(tmp_path):
+def test_connection_refused_is_transient(download_dir):
     with socket.socket() as unused:
         unused.bind((SERVER_ADDRESS, 0))
         port = unused.getsockname()[1]
 
     with pytest.raises(FetchConnectionError) as caught:
-        fetch_to_file(f"http://{SERVER_ADDRESS}:{port}/", tmp_path / "a", policy=POLICY)
+        fetch_to_file(
+            f"http://{SERVER_ADDRESS}:{port}/", download_dir / "a", policy=POLICY
+        )
 
     assert caught.value.transient is True
 
@@ -540,9 +550,11 @@ def test_connection_refused_is_transient(tmp_path):
         (403, {}, False, None),
     ],
 )
-def test_http_error_status(server, tmp_path, status, headers, transient, retry_after):
+def test_http_error_status(
+    server, download_dir, status, headers, transient, retry_after
+):
     server.routes["/image.jpg"] = send_status(status, headers)
-    destination = tmp_path / "image.jpg"
+    destination = download_dir / "image.jpg"
 
     with pytest.raises(FetchHTTPError) as caught:
         fetch_to_file(f"{server.base_url}/image.jpg", destination, policy=POLICY)
@@ -553,29 +565,29 @@ def test_http_error_status(server, tmp_path, status, headers, transient, retry_a
     assert not destination.exists()
 
 
-def test_retry_after_http_date(server, tmp_path):
+def test_retry_after_http_date(server, download_dir):
     retry_at = email.utils.formatdate(time.time() + 120, usegmt=True)
     server.routes["/image.jpg"] = send_status(429, {"Retry-After": retry_at})
 
     with pytest.raises(FetchHTTPError) as caught:
-        fetch_to_file(f"{server.base_url}/image.jpg", tmp_path / "a", policy=POLICY)
+        fetch_to_file(f"{server.base_url}/image.jpg", download_dir / "a", policy=POLICY)
 
     assert 0 < caught.value.retry_after <= 120
 
 
-def test_error_message_omits_query(server, tmp_path):
+def test_error_message_omits_query(server, download_dir):
     server.routes["/image.jpg"] = send_status(404)
     url = f"{server.base_url}/image.jpg?X-Amz-Signature=s3cr3t#frag"
 
     with pytest.raises(FetchHTTPError) as caught:
-        fetch_to_file(url, tmp_path / "a", policy=POLICY)
+        fetch_to_file(url, download_dir / "a", policy=POLICY)
 
     message = str(caught.value)
     assert "s3cr3t" not in message
     assert SERVER_ADDRESS in message
 
 
-def test_compressed_body_rejected(server, tmp_path):
+def test_compressed_body_rejected(server, download_dir):
     def send_gzip(handler):
         handler.send_response(200)
         handler.send_header("Content-Encoding", "gzip")
@@ -586,10 +598,10 @@ def test_compressed_body_rejected(server, tmp_path):
     server.routes["/image.jpg"] = send_gzip
 
     with pytest.raises(FetchError) as caught:
-        fetch_to_file(f"{server.base_url}/image.jpg", tmp_path / "a", policy=POLICY)
+        fetch_to_file(f"{server.base_url}/image.jpg", download_dir / "a", policy=POLICY)
 
     assert "gzip" in str(caught.value)
-    assert list(tmp_path.iterdir()) == []
+    assert list(download_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -688,7 +700,7 @@ def self_signed_certificate(tmp_path):
     return cert, key
 
 
-def test_tls_sni_uses_hostname(self_signed_certificate, tmp_path):
+def test_tls_sni_uses_hostname(self_signed_certificate, download_dir):
     cert, key = self_signed_certificate
     server_names = []
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -714,7 +726,7 @@ def test_tls_sni_uses_hostname(self_signed_certificate, tmp_path):
     try:
         with pytest.raises(FetchConnectionError) as caught:
             fetch_to_file(
-                f"https://localhost:{port}/image.jpg", tmp_path / "a", policy=policy
+                f"https://localhost:{port}/image.jpg", download_dir / "a", policy=policy
             )
     finally:
         thread.join(timeout=5)
@@ -724,4 +736,4 @@ def test_tls_sni_uses_hostname(self_signed_certificate, tmp_path):
     # SNI. The certificate was verified and rejected, which is a permanent error.
     assert server_names == ["localhost"]
     assert caught.value.transient is False
-    assert not (tmp_path / "a").exists()
+    assert not (download_dir / "a").exists()
