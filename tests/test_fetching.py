@@ -188,7 +188,7 @@ def server():
 
 @pytest.fixture
 def download_dir(tmp_path):
-    """An empty folder for downloads, apart from files other fixtures create."""
+    """An empty folder for downloads, apart from what other fixtures put in tmp_path."""
     folder = tmp_path / "downloads"
     folder.mkdir()
     return folder
