@@ -10,7 +10,7 @@ TESTDATA = Path(
 )
 
 
-def testdata(name):
+def image_file(name):
     path = TESTDATA / name
     if not path.is_file():
         pytest.fail(f"Test image {name!r} not found in {TESTDATA}; set SMI_TESTDATA_DIR.")
@@ -30,6 +30,9 @@ def data_dir(request, tmp_path):
     settings.SMI_TMP_DIR = tmp_path / "data" / "tmp"
     settings.SMI_OUTBOX_DIR = tmp_path / "data" / "outbox"
     settings.SMI_CATALOG_DIR.mkdir(parents=True)
+    # Django's test setup swaps every mailer for the in-memory one; the
+    # tests read the .eml files the real outbox backend writes instead.
+    settings.MAILERS = {"default": {"BACKEND": "sellmyimages.notifications.outbox.EmailBackend"}}
     return settings.DATA_DIR
 
 
@@ -39,7 +42,7 @@ def catalog(settings):
 
     def add(name, as_name=None):
         destination = Path(settings.SMI_CATALOG_DIR) / (as_name or name)
-        shutil.copyfile(testdata(name), destination)
+        shutil.copyfile(image_file(name), destination)
         return destination.name
 
     return add
@@ -66,3 +69,45 @@ def files_in(folder):
     if not folder.exists():
         return []
     return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def image_server(settings):
+    """Serve the test images over HTTP on 127.0.0.2, an allowed image host.
+
+    Only 127.0.0.2 is allowed past the fetcher's private-address guard, so
+    a redirect to 127.0.0.1 is still refused as it would be in production.
+    """
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(QuietHandler, directory=str(TESTDATA))
+    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    settings.SMI_ALLOWED_IMAGE_HOSTS = ["127.0.0.2"]
+    settings.SMI_FETCH_ALLOWED_ADDRESSES = ["127.0.0.2"]
+    try:
+        yield f"http://127.0.0.2:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+try:
+    import http.server as _http_server
+
+    class QuietHandler(_http_server.SimpleHTTPRequestHandler):
+        def log_message(self, format, *args):
+            pass
+
+        def do_GET(self):
+            if self.path.startswith("/redirect-to-loopback"):
+                self.send_response(302)
+                self.send_header("Location", "http://127.0.0.1:9/secret")
+                self.end_headers()
+                return
+            super().do_GET()
+finally:
+    del _http_server

@@ -117,6 +117,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -202,10 +203,18 @@ LOGGING = {
     "formatters": {
         "keyvalue": {"format": "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"}
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "keyvalue"}},
+    "filters": {"redact": {"()": "sellmyimages.logredact.RedactSecretsFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "keyvalue",
+            "filters": ["redact"],
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("SMI_LOG_LEVEL", "INFO")},
     "loggers": {
         "django.tasks": {"level": "WARNING"},
         "django_tasks_db": {"level": "WARNING"},
+        "pyvips": {"level": "WARNING"},
     },
 }

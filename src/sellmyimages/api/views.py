@@ -6,7 +6,9 @@ from uuid import UUID
 
 from django.conf import settings
 from django.urls import reverse
-from ninja import NinjaAPI, Schema
+from django.http import Http404
+from ninja import NinjaAPI, Schema, Status
+from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from pydantic import Field
 
@@ -103,6 +105,17 @@ def on_schema_error(request, exc):
     return error(request, 400, "invalid_request", first.get("msg", "Invalid request."), field)
 
 
+@api.exception_handler(HttpError)
+def on_http_error(request, exc):
+    code = "invalid_request" if exc.status_code == 400 else f"http_{exc.status_code}"
+    return error(request, exc.status_code, code, str(exc))
+
+
+@api.exception_handler(Http404)
+def on_not_found(request, exc):
+    return error(request, 404, "not_found", "Not found.")
+
+
 @api.exception_handler(JobValidationError)
 def on_job_validation_error(request, exc):
     return error(request, 400, "invalid_" + exc.field, str(exc), exc.field)
@@ -154,14 +167,14 @@ def create_job(request, payload: JobIn):
     )
     job = order.job
     status_path = reverse("storefront:order", args=[job.job_id])
-    return 201, {
+    return Status(201, {
         "job_id": job.job_id,
         "status": job.status,
         "price": str(job.customer_price),
         "currency": job.currency,
         "checkout_url": order.checkout_url,
         "status_url": settings.PUBLIC_BASE_URL + status_path,
-    }
+    })
 
 
 @api.get(

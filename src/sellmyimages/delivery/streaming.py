@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from django.http import FileResponse, HttpResponse, StreamingHttpResponse
+from django.utils.http import content_disposition_header
 
 CHUNK_SIZE = 256 * 1024
 RANGE_PATTERN = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -77,9 +78,7 @@ def file_response(request, path, filename):
         )
         response["Content-Range"] = f"bytes {start}-{end}/{size}"
         response["Content-Length"] = str(end - start + 1)
-        response["Content-Disposition"] = FileResponse(
-            as_attachment=True, filename=filename
-        )["Content-Disposition"]
+        response["Content-Disposition"] = content_disposition_header(True, filename)
     response["Accept-Ranges"] = "bytes"
     response["Cache-Control"] = "private, no-store"
     response["X-Content-Type-Options"] = "nosniff"

@@ -26,8 +26,9 @@ class EmailBackend(BaseEmailBackend):
             stamp = timezone.now().strftime("%Y%m%dT%H%M%S%f")
             name = f"{stamp}-{uuid.uuid4().hex[:12]}.eml"
             temporary = self.outbox_dir / f".{name}.tmp"
+            mime = message.message()
             with open(temporary, "wb") as handle:
-                handle.write(message.message().as_bytes(linesep="\r\n"))
+                handle.write(mime.as_bytes(policy=mime.policy.clone(linesep="\r\n")))
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, self.outbox_dir / name)

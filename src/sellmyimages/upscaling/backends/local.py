@@ -12,20 +12,20 @@ class LocalUpscaler(Upscaler):
     synchronous = True
 
     def upscale(self, job, destination):
+        source = Path(job.source_path)
+        if not source.is_file():
+            raise UpscaleError(
+                "source_missing", f"The source image {source.name!r} is missing.", transient=False
+            )
         try:
             result = engine.upscale_file(
-                Path(job.source_path),
+                source,
                 Path(destination),
                 job.factor,
                 max_output_pixels=max_output_megapixels(self.name) * 1_000_000,
             )
         except engine.EngineError as exc:
             raise UpscaleError("source_unreadable", str(exc), transient=False) from exc
-        except FileNotFoundError as exc:
-            raise UpscaleError(
-                "source_missing", f"The source image {Path(job.source_path).name!r} is missing.",
-                transient=False,
-            ) from exc
         except MemoryError as exc:
             raise UpscaleError("engine_out_of_memory", str(exc), transient=True) from exc
         return UpscaleOutput(
