@@ -1,0 +1,3 @@
+from sellmyimages.cli import main
+
+main()
