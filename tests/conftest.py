@@ -18,17 +18,21 @@ def image_file(name):
 
 
 @pytest.fixture(autouse=True)
-def data_dir(request, tmp_path):
-    """Give every test its own data folder, so files never leak between tests."""
+def data_dir(request, tmp_path_factory):
+    """Give every test its own data folder, so files never leak between tests.
+
+    It is not inside tmp_path, which stays empty for the test's own use.
+    """
     if not request.config.pluginmanager.hasplugin("django"):
         return None
     settings = request.getfixturevalue("settings")
-    settings.DATA_DIR = tmp_path / "data"
-    settings.SMI_CATALOG_DIR = tmp_path / "data" / "catalog"
-    settings.SMI_UPLOADS_DIR = tmp_path / "data" / "sources"
-    settings.SMI_OUTPUT_DIR = tmp_path / "data" / "outputs"
-    settings.SMI_TMP_DIR = tmp_path / "data" / "tmp"
-    settings.SMI_OUTBOX_DIR = tmp_path / "data" / "outbox"
+    root = tmp_path_factory.mktemp("data")
+    settings.DATA_DIR = root
+    settings.SMI_CATALOG_DIR = root / "catalog"
+    settings.SMI_UPLOADS_DIR = root / "sources"
+    settings.SMI_OUTPUT_DIR = root / "outputs"
+    settings.SMI_TMP_DIR = root / "tmp"
+    settings.SMI_OUTBOX_DIR = root / "outbox"
     settings.SMI_CATALOG_DIR.mkdir(parents=True)
     # Django's test setup swaps every mailer for the in-memory one; the
     # tests read the .eml files the real outbox backend writes instead.
