@@ -17,6 +17,47 @@ class ShopServer(BaseApplication):
         return self.application
 
 
+def access_log_config():
+    """Return gunicorn's logging config, which replaces Django's at start-up.
+
+    It keeps Django's format for the root logger, and every handler runs
+    the redact filter.
+    """
+    from django.conf import settings
+
+    keyvalue = settings.LOGGING["formatters"]["keyvalue"]
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"redact": {"()": "sellmyimages.logredact.RedactSecretsFilter"}},
+        "formatters": {"plain": {"format": "%(asctime)s %(message)s"}, "keyvalue": keyvalue},
+        "handlers": {
+            "access": {
+                "class": "logging.StreamHandler",
+                "formatter": "plain",
+                "filters": ["redact"],
+                "stream": "ext://sys.stdout",
+            },
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": "keyvalue",
+                "filters": ["redact"],
+            },
+            "error": {
+                "class": "logging.StreamHandler",
+                "formatter": "plain",
+                "filters": ["redact"],
+                "stream": "ext://sys.stderr",
+            },
+        },
+        "root": {"handlers": ["console"], "level": settings.LOGGING["root"]["level"]},
+        "loggers": {
+            "gunicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+            "gunicorn.error": {"handlers": ["error"], "level": "INFO", "propagate": False},
+        },
+    }
+
+
 def run_gunicorn(*, host, port, workers):
     from sellmyimages.wsgi import application
 
@@ -29,8 +70,9 @@ def run_gunicorn(*, host, port, workers):
         "timeout": 300,
         "graceful_timeout": 30,
         "accesslog": "-",
-        # The download token is part of the path, so the access log shows
-        # only the method, the status and the size.
-        "access_log_format": '%(h)s "%(m)s" %(s)s %(B)s %(L)ss',
+        # %(U)s is the path without the query string; download tokens and
+        # webhook secrets in paths are removed by the redact filter below.
+        "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(L)ss',
+        "logconfig_dict": access_log_config(),
     }
     ShopServer(application, options).run()
