@@ -100,9 +100,14 @@ def worker(queue, interval, batch, max_tasks):
 @main.command()
 @click.argument("image", required=False, type=click.Path(dir_okay=False))
 @click.option("--resolution", default="4x", show_default=True, help="4x or 8x.")
-def demo(image, resolution):
+@click.option("--verbose", is_flag=True, help="Also print the service's log lines.")
+def demo(image, resolution, verbose):
     """Buy, upscale and download one image on this machine, printing each step."""
     setup_django()
+    if not verbose:
+        import logging
+
+        logging.getLogger().setLevel(logging.WARNING)
     from sellmyimages.demo import DemoFailed, run_demo
 
     try:
