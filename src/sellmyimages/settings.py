@@ -110,6 +110,69 @@ TASKS = {
     }
 }
 
+# Task queue and scheduled maintenance (docs/operations.md shows the three
+# shapes). SMI_TASK_BACKEND is "database" (django-tasks-db, the default),
+# "celery" (Celery with a Redis broker, through django-tasks-celery) or a
+# backend's import path.
+TASK_BACKEND_ALIASES = {
+    "database": "django_tasks_db.DatabaseBackend",
+    "celery": "django_tasks_celery.CeleryBackend",
+}
+TASKS["default"]["BACKEND"] = TASK_BACKEND_ALIASES.get(
+    TASKS["default"]["BACKEND"], TASKS["default"]["BACKEND"]
+)
+SMI_REDIS_URL = os.environ.get("SMI_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Every Redis key the shop writes starts with this, so several shops or
+# test runs can share one Redis server.
+SMI_REDIS_KEY_PREFIX = os.environ.get("SMI_REDIS_KEY_PREFIX", "smi:")
+if TASKS["default"]["BACKEND"] == TASK_BACKEND_ALIASES["celery"]:
+    TASKS["default"]["OPTIONS"] = {"CELERY_APP": "sellmyimages.celery_app.app"}
+    # The job rows are the source of truth, so Celery keeps no task results
+    # and django-tasks-celery's checks for a result backend do not apply.
+    SILENCED_SYSTEM_CHECKS = ["django_tasks_celery.W001", "django_tasks_celery.W002"]
+CELERY_BROKER_URL = SMI_REDIS_URL
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "global_keyprefix": SMI_REDIS_KEY_PREFIX,
+    # A task whose worker died unacknowledged is delivered again after this
+    # many seconds; it must exceed the longest task plus its retry delay.
+    "visibility_timeout": env_int("SMI_CELERY_VISIBILITY_TIMEOUT", 3600),
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TIMEZONE = "UTC"
+
+# A worker running a local upscale renews its hold on the job every third
+# of this; once the hold lapses, the recovery sweep hands the job to
+# another worker.
+SMI_PROCESSING_LEASE_SECONDS = env_int("SMI_PROCESSING_LEASE_SECONDS", 300)
+# A step that should have run this long ago (a task lost with its worker or
+# its queue) is enqueued again by the recovery sweep.
+SMI_RECOVER_AFTER_SECONDS = env_int("SMI_RECOVER_AFTER_SECONDS", 600)
+# A job whose upscale lost its worker this many times fails as worker_lost,
+# so an image that crashes every worker cannot loop for ever.
+SMI_MAX_PROCESSING_RECOVERIES = env_int("SMI_MAX_PROCESSING_RECOVERIES", 5)
+# File retention after a job fails or is abandoned, in hours.
+SMI_FAILED_RETENTION_HOURS = env_int("SMI_FAILED_RETENTION_HOURS", 7 * 24)
+SMI_ABANDONED_RETENTION_HOURS = env_int("SMI_ABANDONED_RETENTION_HOURS", 24)
+SMI_TMP_RETENTION_HOURS = env_int("SMI_TMP_RETENTION_HOURS", 24)
+# Seconds between runs of each sweep under `smi scheduler`.
+SMI_SWEEP_INTERVALS = {
+    "abandon": env_int("SMI_SWEEP_ABANDON_SECONDS", 300),
+    "recover": env_int("SMI_SWEEP_RECOVER_SECONDS", 60),
+    "poll": env_int("SMI_SWEEP_POLL_SECONDS", 60),
+    "remind": env_int("SMI_SWEEP_REMIND_SECONDS", 600),
+    "cleanup": env_int("SMI_SWEEP_CLEANUP_SECONDS", 3600),
+}
+# Rows each sweep handles per run; the rest wait for the next run.
+SMI_SWEEP_BATCH = env_int("SMI_SWEEP_BATCH", 500)
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True

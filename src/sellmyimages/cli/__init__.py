@@ -50,7 +50,13 @@ def main():
     type=int,
     help="Task worker processes started beside the web server (0 for none).",
 )
-def serve(host, port, web_workers, task_workers):
+@click.option(
+    "--scheduler/--no-scheduler",
+    default=True,
+    show_default=True,
+    help="Also start `smi scheduler`; with several machines, one scheduler leads.",
+)
+def serve(host, port, web_workers, task_workers, scheduler):
     """Prepare the database and serve the shop with gunicorn plus task workers."""
     setup_django()
     from django.conf import settings
@@ -63,10 +69,9 @@ def serve(host, port, web_workers, task_workers):
             "Payments use the local test checkout: no money moves. "
             "Configure a payment provider to take real payments."
         )
-    workers = [
-        subprocess.Popen([sys.executable, "-m", "sellmyimages.cli", "worker"])
-        for _ in range(task_workers)
-    ]
+    from sellmyimages.cli.ops import start_background_processes
+
+    workers = start_background_processes(task_workers, with_scheduler=scheduler)
     click.echo(f"Serving on http://{host}:{port}/ with {task_workers} task worker(s).")
     try:
         run_gunicorn(host=host, port=port, workers=web_workers)
@@ -75,26 +80,6 @@ def serve(host, port, web_workers, task_workers):
             process.send_signal(signal.SIGTERM)
         for process in workers:
             process.wait(timeout=60)
-
-
-@main.command()
-@click.option("--queue", default="*", show_default=True, help="Queue names, comma-separated.")
-@click.option(
-    "--interval", default=1.0, show_default=True, type=float, help="Seconds between polls when idle."
-)
-@click.option("--batch", is_flag=True, help="Run every ready task, then exit.")
-@click.option("--max-tasks", type=int, default=None, help="Exit after this many tasks.")
-def worker(queue, interval, batch, max_tasks):
-    """Run background tasks: upscaling, emails, refunds."""
-    setup_django()
-    from django.core.management import call_command
-
-    args = ["db_worker", "--queue-name", queue, "--interval", str(interval)]
-    if batch:
-        args.append("--batch")
-    if max_tasks is not None:
-        args += ["--max-tasks", str(max_tasks)]
-    call_command(*args)
 
 
 @main.command()
@@ -129,3 +114,4 @@ def manage(ctx):
 
 # Subcommand groups live in their own modules; importing them registers them.
 from sellmyimages.cli import jobs as _jobs  # noqa: E402,F401
+from sellmyimages.cli import ops as _ops  # noqa: E402,F401

@@ -65,6 +65,8 @@ UPDATABLE_FIELDS = {
     "failure_code",
     "failure_detail",
     "attempt_count",
+    "lease_owner",
+    "lease_expires_at",
     "payment_provider",
     "payment_status",
     "refunded_at",
@@ -492,6 +494,87 @@ class JobManager:
             job = self._locked(job_id)
             self._record(job, event, actor=actor, reason=reason, data=data)
         return job
+
+    # Processing leases. A worker that runs a local upscale holds the job
+    # under a lease it renews; the recovery sweep hands on a job whose lease
+    # lapsed, which is how a job survives its worker being killed.
+
+    def take_lease(self, job_id, *, attempt, owner, seconds, actor="worker"):
+        """Let `owner` run `attempt` of a processing job; return False if it may not.
+
+        The lease is granted when nobody holds it or the holder's lease has
+        lapsed, so two live runs of one job cannot both hold it.
+        """
+        now = timezone.now()
+        with transaction.atomic():
+            job = self._locked(job_id)
+            if job.status != Status.PROCESSING or job.attempt_count != attempt:
+                return False
+            lapsed = job.lease_expires_at is not None and job.lease_expires_at < now
+            if job.lease_owner and not lapsed:
+                return False
+            previous_owner = job.lease_owner
+            self._save_fields(
+                job,
+                {"lease_owner": owner, "lease_expires_at": now + timedelta(seconds=seconds)},
+            )
+            if previous_owner:
+                self._record(
+                    job,
+                    "lease_taken_over",
+                    actor=actor,
+                    reason="the previous worker's lease lapsed",
+                    data={"attempt": attempt},
+                )
+        return True
+
+    def renew_lease(self, job_id, *, attempt, owner, seconds):
+        """Extend `owner`'s lease; return False if it no longer holds the job.
+
+        No JobEvent is written, because a renewal changes nothing a reader
+        of the audit trail cares about, and it happens every few minutes.
+        """
+        updated = Job.objects.filter(
+            job_id=self._parse_job_id(job_id),
+            status=Status.PROCESSING,
+            attempt_count=attempt,
+            lease_owner=owner,
+        ).update(lease_expires_at=timezone.now() + timedelta(seconds=seconds))
+        return updated == 1
+
+    def recover_lapsed_lease(self, job_id, *, seconds, actor="scheduler"):
+        """Free a processing job whose lease lapsed; return its attempt, or None.
+
+        The lease is cleared of its owner and set `seconds` ahead, which is
+        how long the caller's re-enqueued task has to take it before the
+        job counts as overdue again. A run that still thinks it holds the
+        job then fails to renew or to complete it.
+        """
+        now = timezone.now()
+        with transaction.atomic():
+            job = self._locked(job_id)
+            if (
+                job.status != Status.PROCESSING
+                or job.lease_expires_at is None
+                or job.lease_expires_at >= now
+            ):
+                return None
+            previous_owner = job.lease_owner
+            self._save_fields(
+                job,
+                {"lease_owner": "", "lease_expires_at": now + timedelta(seconds=seconds)},
+            )
+            # Only a run that held the lease and stopped renewing it counts
+            # as a lost worker; a task that never started is just requeued.
+            if previous_owner:
+                event, reason = "processing_recovered", "its worker stopped renewing the lease"
+            else:
+                event, reason = "step_requeued", "its processing task did not start in time"
+            self._record(
+                job, event, actor=actor, reason=reason, data={"attempt": job.attempt_count}
+            )
+        return job.attempt_count
+
 
     # Validation helpers
 

@@ -32,6 +32,53 @@ def money_field(**kwargs):
     return models.DecimalField(max_digits=12, decimal_places=2, **kwargs)
 
 
+# Files a job owns: its output, and the copy of a remote source. A catalog
+# source belongs to the shop and is never deleted.
+HOLDS_FILES = ~Q(output_path="") | (Q(source_kind=SourceKind.URL) & ~Q(source_path=""))
+
+# Partial indexes for the sweeps in sellmyimages.maintenance; each query
+# there repeats its index's condition so that the planner can use it.
+MAINTENANCE_INDEXES = [
+    models.Index(
+        fields=["updated_at"], condition=Q(status=Status.PENDING), name="job_pending_since"
+    ),
+    models.Index(
+        fields=["lease_expires_at"],
+        condition=Q(status=Status.PROCESSING),
+        name="job_lease_expiry",
+    ),
+    models.Index(
+        fields=["completed_at"],
+        condition=Q(status=Status.COMPLETED, download_expires_at__isnull=True)
+        & ~Q(output_path=""),
+        name="job_undelivered",
+    ),
+    models.Index(
+        fields=["download_expires_at"],
+        condition=Q(status=Status.COMPLETED) & ~Q(output_path=""),
+        name="job_download_expiry",
+    ),
+    models.Index(
+        fields=["failed_at"], condition=Q(status=Status.FAILED), name="job_failed_at"
+    ),
+    models.Index(
+        fields=["failed_at"],
+        condition=Q(status=Status.FAILED) & HOLDS_FILES,
+        name="job_failed_files",
+    ),
+    models.Index(
+        fields=["abandoned_at"],
+        condition=Q(status=Status.ABANDONED) & HOLDS_FILES,
+        name="job_abandoned_files",
+    ),
+    models.Index(
+        fields=["refunded_at"],
+        condition=Q(refunded_at__isnull=False),
+        name="job_refunded_at",
+    ),
+]
+
+
 class Job(models.Model):
     job_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
 
@@ -111,6 +158,11 @@ class Job(models.Model):
     failure_code = models.CharField(max_length=64, blank=True)
     failure_detail = models.TextField(blank=True)
     attempt_count = models.PositiveIntegerField(default=0)
+    # The worker run that is upscaling a processing job on this machine's
+    # engine, and until when its hold lasts unless renewed. The recovery
+    # sweep gives the job to another worker once the hold has lapsed.
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -129,6 +181,7 @@ class Job(models.Model):
             models.Index(fields=["status", "created_at"], name="job_status_created"),
             models.Index(fields=["email"], name="job_email"),
             models.Index(fields=["created_at"], name="job_created"),
+            *MAINTENANCE_INDEXES,
         ]
 
     def __str__(self):

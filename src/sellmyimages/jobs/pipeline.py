@@ -15,7 +15,21 @@ logger = logging.getLogger(__name__)
 
 
 def schedule_next_step(job_id, status):
-    """Enqueue the task that moves a job on from `status`."""
+    """Enqueue the task that moves a job on from `status`.
+
+    The change that led here is already committed, so a queue that cannot
+    be reached must not fail the caller: the error is logged and the
+    recovery sweep enqueues the step once it is overdue.
+    """
+    try:
+        enqueue_next_step(job_id, status)
+    except Exception as exc:  # any backend's connection error
+        logger.error(
+            "event=enqueue_failed job_id=%s status=%s error=%r", job_id, status, exc
+        )
+
+
+def enqueue_next_step(job_id, status):
     # Imported here so that the tasks' modules can import the manager.
     from sellmyimages.notifications import tasks as notification_tasks
     from sellmyimages.payments import tasks as payment_tasks

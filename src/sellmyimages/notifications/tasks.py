@@ -120,3 +120,44 @@ def notify_admin_of_failure(job_id):
         )
         mark_sent(notification)
     return "sent"
+
+
+@task()
+def send_expiry_reminder(job_id):
+    """Remind the customer, once, that an unused download link expires soon.
+
+    Only the hash of a token is stored, so the reminder carries a new token
+    that expires at the same moment as the old one; the link in the first
+    email stops working, as it does after any new link.
+    """
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(job_id=job_id)
+        now = timezone.now()
+        if (
+            job.status != Status.COMPLETED
+            or job.download_count
+            or not job.email
+            or job.download_token_hash is None
+            or job.download_expires_at is None
+            or job.download_expires_at <= now
+        ):
+            return "not_due"
+        notification = claim(job, NotificationKind.EXPIRY_REMINDER)
+        if notification is None:
+            return "already_sent"
+        remaining_hours = (job.download_expires_at - now).total_seconds() / 3600
+        token = job_manager.generate_download_token(
+            job.job_id, expires_in_hours=remaining_hours, actor="scheduler"
+        )
+        job.refresh_from_db()
+        send_templated_email(
+            "expiry_reminder",
+            job.email,
+            {
+                "job": job,
+                "download_url": download_url(token),
+                "expires_at": job.download_expires_at,
+            },
+        )
+        mark_sent(notification)
+    return "sent"

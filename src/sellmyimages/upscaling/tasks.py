@@ -7,11 +7,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.db import transaction
 from django.tasks import task
 from django.utils import timezone
 
 from sellmyimages.jobs.manager import job_manager
 from sellmyimages.jobs.models import Job, Status
+from sellmyimages.maintenance import leases
 from sellmyimages.upscaling.backends import preferred_upscaler
 from sellmyimages.upscaling.backends.base import UpscaleError
 
@@ -25,12 +27,15 @@ def output_path_for(job):
     return Path(settings.SMI_OUTPUT_DIR) / f"{job.job_id}.png"
 
 
-def claim(job_id, attempt):
+def claim(job_id, attempt, owner):
     """Return the job if this task run owns its processing step, else None.
 
     A pending job is claimed with a compare-and-set; a job already in
     processing belongs to the run whose attempt number it records, so a
-    duplicate task for an older attempt does nothing.
+    duplicate task for an older attempt does nothing. Either way the run
+    must also take the job's lease (sellmyimages.maintenance.leases), so a
+    second task for the same attempt waits until the first run's lease
+    lapses.
     """
     job = job_manager.get_job(job_id)
     if job.status == Status.PENDING:
@@ -43,19 +48,24 @@ def claim(job_id, attempt):
             reason=f"upscaling with {upscaler.name}",
             provider=upscaler.name,
             attempt_count=job.attempt_count + 1,
+            **leases.lease_fields(owner),
         )
         if not changed:
             return None
         return job_manager.get_job(job_id)
     if job.status == Status.PROCESSING and job.attempt_count == attempt:
-        return job
+        if job_manager.take_lease(
+            job_id, attempt=attempt, owner=owner, seconds=leases.lease_seconds()
+        ):
+            return job_manager.get_job(job_id)
     return None
 
 
 @task()
 def process_job(job_id, attempt=1):
     """Upscale a paid job and complete it; retries transient errors."""
-    job = claim(job_id, attempt)
+    owner = leases.new_owner()
+    job = claim(job_id, attempt, owner)
     if job is None:
         return "not_claimed"
     upscaler = preferred_upscaler()
@@ -63,25 +73,31 @@ def process_job(job_id, attempt=1):
     destination.parent.mkdir(parents=True, exist_ok=True)
     started = timezone.now()
     try:
-        output = upscaler.upscale(job, destination)
+        with leases.keep_lease(job.job_id, job.attempt_count, owner):
+            output = upscaler.upscale(job, destination)
         check_output(job, output)
     except UpscaleError as exc:
-        remove_quietly(destination)
-        return handle_failure(job, exc)
+        return handle_failure(job, exc, owner)
 
-    job_manager.update_status(
-        job_id,
-        Status.COMPLETED,
-        expected_status=Status.PROCESSING,
-        actor="worker",
-        reason=f"upscaled by {upscaler.name}",
-        output_path=str(output.path),
-        output_size=output.size_bytes,
-        output_width=output.width,
-        output_height=output.height,
-        output_sha256=output.sha256,
-        output_format=output.format,
-    )
+    with transaction.atomic():
+        if not leases.holds_lease(job.job_id, job.attempt_count, owner):
+            logger.warning("event=upscale_superseded job_id=%s", job.job_id)
+            return "superseded"
+        job_manager.update_status(
+            job_id,
+            Status.COMPLETED,
+            expected_status=Status.PROCESSING,
+            actor="worker",
+            reason=f"upscaled by {upscaler.name}",
+            output_path=str(output.path),
+            output_size=output.size_bytes,
+            output_width=output.width,
+            output_height=output.height,
+            output_sha256=output.sha256,
+            output_format=output.format,
+            lease_owner="",
+            lease_expires_at=None,
+        )
     seconds = (timezone.now() - started).total_seconds()
     logger.info(
         "event=job_upscaled job_id=%s provider=%s seconds=%.2f output_bytes=%d",
@@ -105,19 +121,35 @@ def check_output(job, output):
         )
 
 
-def handle_failure(job, exc):
+def handle_failure(job, exc, owner):
+    with transaction.atomic():
+        if not leases.holds_lease(job.job_id, job.attempt_count, owner):
+            # Another run took the job over; the failure is no longer ours.
+            logger.warning("event=upscale_superseded job_id=%s", job.job_id)
+            return "superseded"
+        remove_quietly(output_path_for(job))
+        return record_failure(job, exc)
+
+
+def record_failure(job, exc):
     if exc.transient and job.attempt_count < MAX_ATTEMPTS:
         next_attempt = job.attempt_count + 1
         delay = BACKOFF_BASE_SECONDS * 2 ** (job.attempt_count - 1)
         delay = delay * (0.5 + random.random())
+        run_after = timezone.now() + timedelta(seconds=delay)
+        # Nobody holds the job until the retry starts; if that task is lost,
+        # the recovery sweep enqueues it again once this lease lapses.
         job_manager.update_job(
             job.job_id,
             attempt_count=next_attempt,
+            lease_owner="",
+            lease_expires_at=run_after + timedelta(seconds=leases.lease_seconds()),
             actor="worker",
             reason=f"retrying after {exc.code}",
         )
-        process_job.using(run_after=timezone.now() + timedelta(seconds=delay)).enqueue(
-            str(job.job_id), attempt=next_attempt
+        job_id = str(job.job_id)
+        transaction.on_commit(
+            lambda: process_job.using(run_after=run_after).enqueue(job_id, attempt=next_attempt)
         )
         logger.warning(
             "event=upscale_retry job_id=%s code=%s attempt=%d delay_seconds=%.0f",
@@ -137,3 +169,14 @@ def remove_quietly(path):
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def poll_processing_jobs(*, limit):
+    """Check on jobs that remote providers are processing; return how many.
+
+    The poll sweep (sellmyimages.maintenance.sweeps) calls this on its
+    interval, for jobs whose provider's callback has not arrived. The local
+    engine finishes within its task, so it has nothing to poll.
+    """
+    # TODO: remote providers check their processing jobs here.
+    return 0

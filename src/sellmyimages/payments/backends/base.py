@@ -34,3 +34,12 @@ class PaymentBackend:
     def refund(self, refund):
         """Refund `refund.amount`, using `refund.id` as the idempotency key."""
         raise NotImplementedError
+
+    def is_session_paid(self, job):
+        """Return whether the job's checkout was paid: True, False, or None if unknown.
+
+        The abandonment sweep asks before abandoning an unpaid job, so that
+        a payment whose confirmation never arrived is not thrown away.
+        None (the provider could not be asked) keeps the job as it is.
+        """
+        return None

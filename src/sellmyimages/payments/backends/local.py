@@ -11,6 +11,7 @@ import secrets
 from django.conf import settings
 from django.urls import reverse
 
+from sellmyimages.jobs.models import PaymentStatus
 from sellmyimages.payments.backends.base import (
     CheckoutSession,
     PaymentBackend,
@@ -40,3 +41,8 @@ class LocalCheckoutBackend(PaymentBackend):
     def refund(self, refund):
         require_test_mode()
         return RefundOutcome(provider_refund_id=f"lre_{refund.id.hex}", status="succeeded")
+
+    def is_session_paid(self, job):
+        # The local checkout page confirms a payment in the same request
+        # that takes it, so the job's own record is complete.
+        return job.payment_status != PaymentStatus.UNPAID
