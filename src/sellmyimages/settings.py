@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from sellmyimages.envconfig import (
     env_bool,
@@ -51,6 +52,9 @@ INSTALLED_APPS = [
     "sellmyimages.delivery",
     "sellmyimages.notifications",
     "sellmyimages.storefront",
+    "sellmyimages.analytics",
+    "sellmyimages.observability",
+    "sellmyimages.hooks",
 ]
 
 MIDDLEWARE = [
@@ -281,3 +285,37 @@ LOGGING = {
         "pyvips": {"level": "WARNING"},
     },
 }
+
+# Observability and outgoing webhooks (logformat.py, observability app,
+# hooks app). SMI_LOG_FORMAT picks key=value lines or one JSON object per
+# line; every handler keeps the redact filter.
+SMI_LOG_FORMAT = os.environ.get("SMI_LOG_FORMAT", "keyvalue").strip().lower()
+if SMI_LOG_FORMAT not in ("keyvalue", "json"):
+    raise ImproperlyConfigured(
+        f"SMI_LOG_FORMAT={SMI_LOG_FORMAT!r} is not a log format; use keyvalue or json."
+    )
+LOGGING["formatters"] = {
+    "keyvalue": {"()": "sellmyimages.logformat.KeyValueFormatter"},
+    "json": {"()": "sellmyimages.logformat.JsonFormatter"},
+}
+for _handler in LOGGING["handlers"].values():
+    _handler["formatter"] = SMI_LOG_FORMAT
+    if "redact" not in _handler.setdefault("filters", []):
+        _handler["filters"].append("redact")
+del _handler
+# Every process writes its metric values here, and /metrics adds them up
+# (prometheus-client's multiprocess mode; `smi serve` empties it on start).
+SMI_METRICS_DIR = Path(
+    os.environ.get("PROMETHEUS_MULTIPROC_DIR") or DATA_DIR / "metrics"
+).resolve()
+# /metrics is served to direct loopback requests and to any request that
+# carries "Authorization: Bearer <SMI_METRICS_TOKEN>".
+SMI_METRICS_TOKEN = os.environ.get("SMI_METRICS_TOKEN", "")
+SMI_METRICS_ALLOW_LOOPBACK = env_bool("SMI_METRICS_ALLOW_LOOPBACK", True)
+# Outgoing webhooks: attempts per delivery, the first retry delay (doubled
+# each attempt, capped, then scaled by a random 0.5 to 1.5) and the time
+# budget of one POST, all in seconds.
+SMI_WEBHOOK_MAX_ATTEMPTS = env_int("SMI_WEBHOOK_MAX_ATTEMPTS", 8)
+SMI_WEBHOOK_RETRY_BASE_SECONDS = env_int("SMI_WEBHOOK_RETRY_BASE_SECONDS", 30)
+SMI_WEBHOOK_RETRY_MAX_SECONDS = env_int("SMI_WEBHOOK_RETRY_MAX_SECONDS", 3600)
+SMI_WEBHOOK_TIMEOUT_SECONDS = env_int("SMI_WEBHOOK_TIMEOUT_SECONDS", 10)

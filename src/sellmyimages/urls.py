@@ -3,6 +3,7 @@ from django.urls import include, path
 
 from sellmyimages import health
 from sellmyimages.api.views import api
+from sellmyimages.observability.views import metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -11,5 +12,6 @@ urlpatterns = [
     path("downloads/", include("sellmyimages.delivery.urls")),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("", include("sellmyimages.storefront.urls")),
 ]

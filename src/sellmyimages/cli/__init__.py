@@ -64,6 +64,11 @@ def serve(host, port, web_workers, task_workers, scheduler):
     from sellmyimages.server import run_gunicorn
 
     migrate()
+    # This command starts every process of the shop, so the metric files
+    # of earlier runs belong to no running process.
+    from sellmyimages.observability.metrics import clear_metrics_dir
+
+    clear_metrics_dir(keep_pid=os.getpid())
     if settings.SMI_PAYMENT_PROVIDER == "local":
         click.echo(
             "Payments use the local test checkout: no money moves. "
@@ -115,3 +120,4 @@ def manage(ctx):
 # Subcommand groups live in their own modules; importing them registers them.
 from sellmyimages.cli import jobs as _jobs  # noqa: E402,F401
 from sellmyimages.cli import ops as _ops  # noqa: E402,F401
+from sellmyimages.cli import stats as _stats  # noqa: E402,F401
