@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured
 
 from sellmyimages.envconfig import (
     env_bool,
@@ -246,12 +247,55 @@ SMI_ENGINE_MAX_MEGAPIXELS = {
     "upsampler": env_int("SMI_UPSAMPLER_MAX_MEGAPIXELS", 400),
 }
 
-SMI_PAYMENT_PROVIDER = os.environ.get("SMI_PAYMENT_PROVIDER", "local")
+# Stripe takes real payments once STRIPE_SECRET_KEY is set; without it the
+# shop runs on the local test checkout.
+STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "").strip()
+SMI_PAYMENT_PROVIDER = os.environ.get(
+    "SMI_PAYMENT_PROVIDER", "stripe" if STRIPE_SECRET_KEY else "local"
+)
 # The local checkout moves no money; it exists only while test mode is on.
 SMI_TEST_MODE = env_bool("SMI_TEST_MODE", True)
 
 SMI_DOWNLOAD_EXPIRY_HOURS = env_int("SMI_DOWNLOAD_EXPIRY_HOURS", 24)
 SMI_ABANDON_AFTER_HOURS = env_int("SMI_ABANDON_AFTER_HOURS", 24)
+
+# Stripe payments (payments/backends/stripe.py). The charge currency is
+# SMI_CURRENCY; empty success and cancel URLs mean the shop's own pages.
+STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "").strip()
+# Tests point the client at a fake Stripe on loopback.
+SMI_STRIPE_API_BASE = os.environ.get(
+    "SMI_STRIPE_API_BASE", "https://api.stripe.com"
+).rstrip("/")
+SMI_STRIPE_SUCCESS_URL = os.environ.get("SMI_STRIPE_SUCCESS_URL", "")
+SMI_STRIPE_CANCEL_URL = os.environ.get("SMI_STRIPE_CANCEL_URL", "")
+SMI_STRIPE_MAX_NETWORK_RETRIES = env_int("SMI_STRIPE_MAX_NETWORK_RETRIES", 2)
+SMI_STRIPE_TIMEOUT_SECONDS = env_int("SMI_STRIPE_TIMEOUT_SECONDS", 30)
+# A refund that fails transiently is retried this many times in all, the
+# delay growing fourfold from SMI_REFUND_RETRY_SECONDS up to the lease. The
+# lease is how long an attempt may run before another worker takes it over,
+# so it must exceed the Stripe client's timeout times its network retries.
+SMI_REFUND_MAX_ATTEMPTS = env_int("SMI_REFUND_MAX_ATTEMPTS", 6)
+SMI_REFUND_RETRY_SECONDS = env_int("SMI_REFUND_RETRY_SECONDS", 60)
+SMI_REFUND_LEASE_SECONDS = env_int("SMI_REFUND_LEASE_SECONDS", 1800)
+if SMI_PAYMENT_PROVIDER == "stripe":
+    if not STRIPE_SECRET_KEY:
+        raise ImproperlyConfigured(
+            "SMI_PAYMENT_PROVIDER='stripe' needs STRIPE_SECRET_KEY (sk_test_... or sk_live_...)."
+        )
+    # Prices are converted to Stripe's integer amounts at 100 minor units per
+    # unit (jobs.pricing.to_minor_units). Stripe counts these currencies in
+    # whole units or in thousandths, so they would be charged wrongly.
+    # NOTE: the list follows Stripe's currency documentation as remembered
+    # when this was written; check a rare currency there before using it.
+    if SMI_CURRENCY in {
+        "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf",
+        "ugx", "vnd", "vuv", "xaf", "xof", "xpf",
+        "bhd", "jod", "kwd", "omr", "tnd",
+    }:  # fmt: skip
+        raise ImproperlyConfigured(
+            f"SMI_CURRENCY={SMI_CURRENCY!r} does not have two decimal places, which "
+            "Stripe payments here require; use a currency such as 'usd' or 'eur'."
+        )
 
 SMI_CATALOG_DIR = Path(os.environ.get("SMI_CATALOG_DIR", DATA_DIR / "catalog"))
 SMI_UPLOADS_DIR = DATA_DIR / "sources"

@@ -3,6 +3,7 @@ from django.urls import include, path
 
 from sellmyimages import health
 from sellmyimages.api.views import api
+from sellmyimages.payments import stripe_views
 from sellmyimages.observability.views import metrics_view
 
 urlpatterns = [
@@ -10,6 +11,7 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("checkout/", include("sellmyimages.payments.urls")),
     path("downloads/", include("sellmyimages.delivery.urls")),
+    path("webhooks/stripe", stripe_views.stripe_webhook, name="stripe-webhook"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),

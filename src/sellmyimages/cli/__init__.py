@@ -69,11 +69,9 @@ def serve(host, port, web_workers, task_workers, scheduler):
     from sellmyimages.observability.metrics import clear_metrics_dir
 
     clear_metrics_dir(keep_pid=os.getpid())
-    if settings.SMI_PAYMENT_PROVIDER == "local":
-        click.echo(
-            "Payments use the local test checkout: no money moves. "
-            "Configure a payment provider to take real payments."
-        )
+    from sellmyimages.payments.backends import describe_payment_setup
+
+    click.echo(describe_payment_setup())
     from sellmyimages.cli.ops import start_background_processes
 
     workers = start_background_processes(task_workers, with_scheduler=scheduler)
@@ -119,5 +117,6 @@ def manage(ctx):
 
 # Subcommand groups live in their own modules; importing them registers them.
 from sellmyimages.cli import jobs as _jobs  # noqa: E402,F401
+from sellmyimages.cli import payments as _payments  # noqa: E402,F401
 from sellmyimages.cli import ops as _ops  # noqa: E402,F401
 from sellmyimages.cli import stats as _stats  # noqa: E402,F401

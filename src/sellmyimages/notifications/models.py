@@ -10,6 +10,8 @@ class NotificationKind(models.TextChoices):
     REFUND_ISSUED = "refund_issued", "Refund issued"
     EXPIRY_REMINDER = "expiry_reminder", "Download expiring soon"
     ADMIN_JOB_FAILED = "admin_job_failed", "Job failed (to the admin)"
+    ADMIN_REFUND_FAILED = "admin_refund_failed", "Refund failed (to the admin)"
+    ADMIN_DISPUTE_OPENED = "admin_dispute_opened", "Dispute opened (to the admin)"
 
 
 class Notification(models.Model):

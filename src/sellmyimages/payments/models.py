@@ -40,6 +40,11 @@ class Refund(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     actor = models.CharField(max_length=128, default="system")
+    # When the provider reported the status stored here; a report older than
+    # this one arrived out of order and is ignored.
+    provider_state_at = models.DateTimeField(null=True, blank=True)
+    # The provider's failure_reason for a failed or canceled refund.
+    failure_reason = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["created_at"]
@@ -54,3 +59,64 @@ class Refund(models.Model):
 
     def __str__(self):
         return f"{self.amount} {self.currency} for {self.job.job_id} ({self.status})"
+
+
+class EventOutcome(models.TextChoices):
+    RECEIVED = "received", "Received, not processed yet"
+    PROCESSED = "processed", "Processed"
+    IGNORED = "ignored", "Ignored"
+    FAILED = "failed", "Failed; the provider delivers it again"
+
+
+class StripeEvent(models.Model):
+    """A verified Stripe webhook event, stored once, with what processing it did."""
+
+    event_id = models.CharField(max_length=255, unique=True)
+    event_type = models.CharField(max_length=100)
+    livemode = models.BooleanField(default=False)
+    # Stripe's creation time of the event, not the time it arrived.
+    created = models.DateTimeField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(
+        max_length=16, choices=EventOutcome.choices, default=EventOutcome.RECEIVED
+    )
+    detail = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    job = models.ForeignKey(
+        Job,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="stripe_events",
+    )
+    payload = models.JSONField()
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [
+            models.Index(fields=["received_at"], name="stripeevent_received"),
+            models.Index(fields=["outcome", "received_at"], name="stripeevent_outcome"),
+        ]
+
+    def __str__(self):
+        return f"{self.event_type} {self.event_id} ({self.outcome})"
+
+
+class Dispute(models.Model):
+    """A chargeback the customer's bank opened on a job's payment."""
+
+    dispute_id = models.CharField(max_length=255, unique=True)
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="disputes")
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    reason = models.CharField(max_length=64, blank=True)
+    status = models.CharField(max_length=32, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"Dispute {self.dispute_id} on {self.job.job_id} ({self.status})"
