@@ -159,6 +159,17 @@ def test_queue_lag_is_age_of_oldest_ready_task(catalog):
     assert 600 <= lag < 3600
 
 
+@pytest.mark.django_db
+def test_queue_gauges_need_database_backend(settings):
+    settings.TASKS = {
+        "default": {"BACKEND": "django.tasks.backends.dummy.DummyBackend"}
+    }
+    text = scrape()
+    assert "smi_task_queue_lag_seconds" not in text
+    assert "smi_tasks_ready" not in text
+    assert "smi_jobs{" in text
+
+
 @pytest.mark.django_db(transaction=True)
 def test_lifecycle_counts_transitions_and_download(client, catalog, settings):
     name = catalog("photo_cat_chelsea_451x300.png")

@@ -1,5 +1,6 @@
 """Gauges that /metrics computes from the database at scrape time."""
 
+from django.conf import settings
 from django.db.models import Case, Count, DateTimeField, F, Min, When
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -9,11 +10,19 @@ from prometheus_client.core import GaugeMetricFamily
 from sellmyimages.hooks.models import DeliveryStatus, WebhookDelivery
 from sellmyimages.jobs.models import Job, Status
 
+DATABASE_TASK_BACKEND = "django_tasks_db.DatabaseBackend"
+
 
 def collect_database_gauges():
-    """Yield every database gauge; raise DatabaseError if a query fails."""
+    """Yield every database gauge; raise DatabaseError if a query fails.
+
+    The task gauges need the database task backend. With another backend
+    (Celery) the tasks are not in the database, so they are left out
+    rather than shown as an empty queue.
+    """
     yield jobs_by_status()
-    yield from task_queue()
+    if settings.TASKS["default"]["BACKEND"] == DATABASE_TASK_BACKEND:
+        yield from task_queue()
     yield webhook_deliveries_by_status()
 
 
