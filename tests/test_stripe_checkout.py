@@ -271,3 +271,48 @@ def test_zero_decimal_currency_rejected_at_start(tmp_path):
     )
     assert result.returncode != 0
     assert "SMI_CURRENCY='jpy' does not have two decimal places" in result.stderr
+
+
+def test_stripe_purchase_delivers_and_records_fee(
+    client, catalog, stripe_shop, settings
+):
+    from tests.conftest import files_in, run_tasks
+    from tests.fakes.stripe_fixtures import make_event, post_event
+
+    created = create_job(client, catalog, email="buyer@example.com")
+    job = Job.objects.get(job_id=created["job_id"])
+    session = stripe_shop.complete_session(job.checkout_session_id)
+    stripe_shop.set_fee(session["payment_intent"], 59)
+    assert (
+        post_event(
+            client, make_event("checkout.session.completed", session)
+        ).status_code
+        == 200
+    )
+
+    run_tasks()
+
+    job.refresh_from_db()
+    assert job.status == "completed"
+    assert job.payment_status == "paid"
+    assert job.payment_fee == Decimal("0.59")
+    [message] = files_in(settings.SMI_OUTBOX_DIR)
+    assert "buyer@example.com" in message.read_text()
+
+
+def test_start_up_line_names_the_payment_mode(settings):
+    from sellmyimages.payments.backends import describe_payment_setup
+
+    settings.SMI_PAYMENT_PROVIDER = "local"
+    assert "local test checkout" in describe_payment_setup()
+    settings.SMI_PAYMENT_PROVIDER = "stripe"
+    settings.STRIPE_SECRET_KEY = "rk_test_example"
+    settings.STRIPE_WEBHOOK_SECRET = "whsec_example"
+    assert (
+        describe_payment_setup() == "Payments use Stripe in test mode: no money moves."
+    )
+    settings.STRIPE_SECRET_KEY = "sk_live_example"
+    settings.STRIPE_WEBHOOK_SECRET = ""
+    line = describe_payment_setup()
+    assert line.startswith("Payments use Stripe in live mode.")
+    assert "STRIPE_WEBHOOK_SECRET is not set" in line

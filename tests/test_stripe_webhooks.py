@@ -511,3 +511,36 @@ def test_events_kept_with_time_received(client, job):
     row = StripeEvent.objects.get()
     assert row.received_at >= before
     assert row.payload["type"] == "checkout.session.completed"
+
+
+def test_event_signed_by_localstripe_accepted(live_server, stripe_shop, localstripe):
+    """localstripe signs and delivers its own events; the endpoint verifies them."""
+    import urllib.request
+
+    def configure(url, events):
+        body = json.dumps({"url": url, "secret": "whsec_test_smi", "events": events})
+        request = urllib.request.Request(
+            f"{localstripe}/_config/webhooks/smi_test",
+            data=body.encode(),
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": "Bearer sk_test_x",
+            },
+            method="POST",
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+
+    configure(f"{live_server.url}/webhooks/stripe", ["payment_intent.succeeded"])
+    try:
+        payment_intent = stripe_shop.create_payment(500)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not StripeEvent.objects.exists():
+            time.sleep(0.2)
+    finally:
+        # Deliver nothing more from this session-wide localstripe.
+        configure("http://127.0.0.1:9/", ["no.such.event"])
+
+    row = StripeEvent.objects.get()
+    assert row.event_type == "payment_intent.succeeded"
+    assert row.outcome == "ignored"
+    assert row.payload["data"]["object"]["id"] == payment_intent
