@@ -376,3 +376,31 @@ def test_worker_killed_mid_refund_refunds_once(fake_stripe, tmp_path):
     assert report["payment_status"] == "refunded"
     assert report["refunds"] == [["succeeded", 2, refunds[0]["id"]]]
     assert len(fake_stripe.requests_to("POST", "/v1/refunds")) == 1
+
+
+def test_admin_sends_failed_refund_again(paid_job, stripe_shop, settings, client):
+    from django.contrib.auth.models import User
+
+    settings.SMI_REFUND_MAX_ATTEMPTS = 1
+    stripe_shop.add_fault("POST", "/v1/refunds", status=503)
+    fail_job(paid_job)
+    run_tasks()
+    refund = Refund.objects.get(job=paid_job)
+    assert refund.status == "failed"
+
+    client.force_login(User.objects.create_superuser("boss", "boss@example.com", "pw"))
+    listing = client.get("/admin/payments/refund/")
+    assert str(refund.id).encode() in listing.content
+    response = client.post(
+        "/admin/payments/refund/",
+        {"action": "send_again", "_selected_action": [refund.pk]},
+    )
+    assert response.status_code == 302
+    run_tasks()
+
+    refund.refresh_from_db()
+    assert refund.status == "succeeded"
+    assert len(stripe_shop.refunds_for(paid_job.payment_intent_id)) == 1
+    assert Job.objects.get(pk=paid_job.pk).payment_status == "refunded"
+    retried = JobEvent.objects.get(job=paid_job, event="refund_retry_requested")
+    assert retried.actor == "admin:boss"

@@ -533,14 +533,39 @@ def test_event_signed_by_localstripe_accepted(live_server, stripe_shop, localstr
     configure(f"{live_server.url}/webhooks/stripe", ["payment_intent.succeeded"])
     try:
         payment_intent = stripe_shop.create_payment(500)
+        # Events of earlier tests' payments may arrive too; wait for this one.
+        ours = StripeEvent.objects.filter(payload__data__object__id=payment_intent)
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not StripeEvent.objects.exists():
+        while time.monotonic() < deadline and not ours.exists():
             time.sleep(0.2)
     finally:
         # Deliver nothing more from this session-wide localstripe.
         configure("http://127.0.0.1:9/", ["no.such.event"])
 
-    row = StripeEvent.objects.get()
+    row = ours.get()
     assert row.event_type == "payment_intent.succeeded"
     assert row.outcome == "ignored"
-    assert row.payload["data"]["object"]["id"] == payment_intent
+
+
+def test_refund_before_payment_event_is_delivered_again(client, job, stripe_shop):
+    session = stripe_shop.complete_session(job.checkout_session_id)
+    payment_intent = session["payment_intent"]
+    stripe_shop.client().v1.refunds.create({"payment_intent": payment_intent})
+    charge = {"id": "ch_early", "object": "charge", "payment_intent": payment_intent}
+    refunded = make_event("charge.refunded", charge)
+
+    early = post_event(client, refunded)
+    assert early.status_code == 500
+    assert state(job) == ("awaiting_payment", "unpaid")
+
+    post_event(client, make_event("checkout.session.completed", session))
+    again = post_event(client, refunded)
+    assert again.status_code == 200
+    assert state(job) == ("pending", "refunded")
+
+
+def test_refund_for_unknown_payment_acknowledged(client, stripe_shop):
+    charge = {"id": "ch_other", "object": "charge", "payment_intent": "pi_not_ours"}
+    response = post_event(client, make_event("charge.refunded", charge))
+    assert response.status_code == 200
+    assert response.json()["outcome"] == "ignored"

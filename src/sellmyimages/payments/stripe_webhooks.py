@@ -23,6 +23,7 @@ from sellmyimages.jobs.exceptions import JobValidationError
 from sellmyimages.jobs.manager import job_manager
 from sellmyimages.jobs.models import Job, PaymentStatus, Status
 from sellmyimages.payments.backends import get_payment_backend
+from sellmyimages.payments.backends.base import PaymentError
 from sellmyimages.payments.backends.stripe import from_minor_units, key_mode, object_id
 from sellmyimages.payments.models import Dispute, EventOutcome, Refund, StripeEvent
 from sellmyimages.payments.service import (
@@ -169,14 +170,47 @@ def job_for_session(session):
     return locked_job(job_id=job_id) if job_id else None
 
 
+class PaymentNotRecordedYet(Exception):
+    """An event about a payment arrived before the event that records the payment."""
+
+
 def job_for_payment(payment_intent_id, metadata=None):
-    """Return the job a payment intent paid, locked; by its id, then by metadata."""
+    """Return the job a payment intent paid, locked; by its id, then by metadata.
+
+    A payment intent unknown here is looked up at Stripe, whose copy of
+    the checkout's metadata names the job. If that job's payment is not
+    recorded yet, the event came first: PaymentNotRecordedYet makes the
+    endpoint return 500, so Stripe delivers it again after the payment.
+    """
     if payment_intent_id:
         job = locked_job(payment_intent_id=payment_intent_id)
         if job is not None:
             return job
     job_id = parse_uuid((metadata or {}).get("job_id", ""))
-    return locked_job(job_id=job_id) if job_id else None
+    if job_id is None and payment_intent_id:
+        job_id = job_id_at_stripe(payment_intent_id)
+    job = locked_job(job_id=job_id) if job_id else None
+    if (
+        job is not None
+        and payment_intent_id
+        and job.payment_status == PaymentStatus.UNPAID
+    ):
+        raise PaymentNotRecordedYet(
+            f"Job {job.job_id} has no recorded payment yet for {payment_intent_id}."
+        )
+    return job
+
+
+def job_id_at_stripe(payment_intent_id):
+    try:
+        payment_intent = get_payment_backend("stripe").retrieve_payment_intent(
+            payment_intent_id
+        )
+    except PaymentError as exc:
+        if exc.transient:
+            raise
+        return None
+    return parse_uuid((payment_intent.get("metadata") or {}).get("job_id", ""))
 
 
 def unknown_job(kind, object_id_value):
