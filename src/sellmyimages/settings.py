@@ -308,6 +308,74 @@ SMI_ALLOWED_IMAGE_HOSTS = env_list("SMI_ALLOWED_IMAGE_HOSTS", [])
 # on loopback in tests, an image server on the private network).
 SMI_FETCH_ALLOWED_ADDRESSES = env_list("SMI_FETCH_ALLOWED_ADDRESSES", [])
 
+# Remote upscaling providers (upscaling/backends/upsampler.py and
+# replicate.py; the job flow is in upscaling/remote.py). List them in
+# SMI_UPSCALERS, e.g. "upsampler,local": a provider whose circuit is open
+# is skipped.
+# upscaling.backends.check_configuration() raises ImproperlyConfigured at
+# startup when a listed provider lacks one of these.
+UPSAMPLER_API_KEY = os.environ.get("UPSAMPLER_API_KEY", "").strip()
+UPSAMPLER_API_BASE = os.environ.get(
+    "UPSAMPLER_API_BASE", "https://upsampler.com/api/v1"
+).rstrip("/")
+# realism, anime or universal.
+UPSAMPLER_INPUT_IMAGE_TYPE = os.environ.get("UPSAMPLER_INPUT_IMAGE_TYPE", "universal")
+# globalCreativity and detail, 0 to 10; an empty value leaves the field out.
+UPSAMPLER_CREATIVITY = os.environ.get("UPSAMPLER_CREATIVITY", "7")
+UPSAMPLER_DETAIL = os.environ.get("UPSAMPLER_DETAIL", "8")
+# Callbacks are confirmed with GET /status/{id}. If that endpoint cannot be
+# used, turn this off and list the hosts of Upsampler's result URLs in
+# UPSAMPLER_RESULT_HOSTS; results are then fetched only from those hosts.
+UPSAMPLER_CONFIRM_WITH_STATUS_API = env_bool("UPSAMPLER_CONFIRM_WITH_STATUS_API", True)
+UPSAMPLER_RESULT_HOSTS = env_list("UPSAMPLER_RESULT_HOSTS", [])
+
+REPLICATE_API_TOKEN = os.environ.get("REPLICATE_API_TOKEN", "").strip()
+REPLICATE_API_BASE = os.environ.get(
+    "REPLICATE_API_BASE", "https://api.replicate.com"
+).rstrip("/")
+# The model's latest version is used unless REPLICATE_VERSION names one.
+REPLICATE_MODEL = os.environ.get("REPLICATE_MODEL", "nightmareai/real-esrgan")
+REPLICATE_VERSION = os.environ.get("REPLICATE_VERSION", "").strip()
+REPLICATE_FACE_ENHANCE = env_bool("REPLICATE_FACE_ENHANCE", False)
+# The account's webhook signing secret (whsec_...).
+REPLICATE_WEBHOOK_SECRET = os.environ.get("REPLICATE_WEBHOOK_SECRET", "").strip()
+# Hosts that Replicate's output URLs may use; empty allows any public host.
+REPLICATE_RESULT_HOSTS = env_list("REPLICATE_RESULT_HOSTS", [])
+# NOTE: Replicate documents no input size limit for Real-ESRGAN; large
+# inputs can run out of GPU memory. This default is a guess.
+SMI_ENGINE_MAX_MEGAPIXELS["replicate"] = env_int("SMI_REPLICATE_MAX_MEGAPIXELS", 64)
+
+# Timeout of one provider API request, in seconds.
+SMI_PROVIDER_TIMEOUT_SECONDS = env_decimal("SMI_PROVIDER_TIMEOUT_SECONDS", Decimal("30"))
+# Submissions per job before a transient error fails it (and refunds it).
+SMI_PROVIDER_MAX_ATTEMPTS = env_int("SMI_PROVIDER_MAX_ATTEMPTS", 5)
+# Retry delays double from the base up to the maximum, with +-50% jitter;
+# a longer Retry-After from the provider wins.
+SMI_PROVIDER_RETRY_BASE_SECONDS = env_decimal("SMI_PROVIDER_RETRY_BASE_SECONDS", Decimal("10"))
+SMI_PROVIDER_RETRY_MAX_SECONDS = env_decimal("SMI_PROVIDER_RETRY_MAX_SECONDS", Decimal("300"))
+# A job with no result this long after processing started is failed.
+SMI_PROVIDER_MAX_PROCESSING_MINUTES = env_decimal(
+    "SMI_PROVIDER_MAX_PROCESSING_MINUTES", Decimal("15")
+)
+# Status polls, in case a callback never comes: the interval doubles from
+# the initial value up to the maximum.
+SMI_PROVIDER_POLL_INITIAL_SECONDS = env_decimal(
+    "SMI_PROVIDER_POLL_INITIAL_SECONDS", Decimal("30")
+)
+SMI_PROVIDER_POLL_MAX_SECONDS = env_decimal("SMI_PROVIDER_POLL_MAX_SECONDS", Decimal("120"))
+# Transient failures in a row, across jobs, that open a provider's circuit,
+# and how long new jobs then go to the next engine in SMI_UPSCALERS.
+SMI_CIRCUIT_FAILURE_THRESHOLD = env_int("SMI_CIRCUIT_FAILURE_THRESHOLD", 3)
+SMI_CIRCUIT_COOLDOWN_SECONDS = env_int("SMI_CIRCUIT_COOLDOWN_SECONDS", 300)
+# How long a provider may use the signed URL of a job's source image.
+SMI_SOURCE_URL_MAX_AGE_SECONDS = env_int("SMI_SOURCE_URL_MAX_AGE_SECONDS", 1800)
+# Limits for downloading a provider's result file. A result is also limited
+# to 8 bytes per expected output pixel.
+SMI_RESULT_MAX_BYTES = env_int("SMI_RESULT_MAX_BYTES", 2 * 1024**3)
+SMI_RESULT_FETCH_TIMEOUT_SECONDS = env_decimal(
+    "SMI_RESULT_FETCH_TIMEOUT_SECONDS", Decimal("300")
+)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

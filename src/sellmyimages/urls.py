@@ -12,6 +12,7 @@ urlpatterns = [
     path("checkout/", include("sellmyimages.payments.urls")),
     path("downloads/", include("sellmyimages.delivery.urls")),
     path("webhooks/stripe", stripe_views.stripe_webhook, name="stripe-webhook"),
+    path("webhooks/", include("sellmyimages.upscaling.urls")),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),

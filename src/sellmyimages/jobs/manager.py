@@ -55,6 +55,7 @@ UPDATABLE_FIELDS = {
     "source_path",
     "provider",
     "provider_job_id",
+    "next_poll_at",
     "output_path",
     "output_size",
     "output_width",
@@ -574,6 +575,23 @@ class JobManager:
                 job, event, actor=actor, reason=reason, data={"attempt": job.attempt_count}
             )
         return job.attempt_count
+
+    def set_next_poll_at(self, job_id, when, *, hold_until=None):
+        """Schedule the next provider check of a processing job.
+
+        With `hold_until`, no worker holds the job's lease and the recovery
+        sweep leaves the job alone until then: the scheduled check holds it.
+        Return False if the job is no longer processing. No JobEvent is
+        written, because a poll is bookkeeping and each poll's outcome (a
+        retry, a result, a failure) records its own event.
+        """
+        fields = {"next_poll_at": when, "updated_at": timezone.now()}
+        if hold_until is not None:
+            fields.update(lease_owner="", lease_expires_at=hold_until)
+        updated = Job.objects.filter(
+            job_id=self._parse_job_id(job_id), status=Status.PROCESSING
+        ).update(**fields)
+        return updated == 1
 
 
     # Validation helpers

@@ -122,6 +122,9 @@ class Job(models.Model):
 
     provider = models.CharField(max_length=32, blank=True)
     provider_job_id = models.CharField(max_length=255, null=True, blank=True)
+    # When the worker next checks on a job that a remote provider is
+    # processing; None when no check is scheduled.
+    next_poll_at = models.DateTimeField(null=True, blank=True)
 
     currency = models.CharField(max_length=3, default="usd")
     customer_price = money_field(null=True, blank=True)

@@ -14,6 +14,7 @@ from django.utils import timezone
 from sellmyimages.jobs.manager import job_manager
 from sellmyimages.jobs.models import Job, Status
 from sellmyimages.maintenance import leases
+from sellmyimages.upscaling import submission, watch
 from sellmyimages.upscaling.backends import preferred_upscaler
 from sellmyimages.upscaling.backends.base import UpscaleError
 
@@ -68,7 +69,17 @@ def process_job(job_id, attempt=1):
     job = claim(job_id, attempt, owner)
     if job is None:
         return "not_claimed"
-    upscaler = preferred_upscaler()
+    outcome = submission.settle_earlier_submissions(job)
+    if outcome is not None:
+        return outcome
+    upscaler = submission.choose_upscaler(job)
+    if not upscaler.synchronous:
+        # A remote provider finishes the job later, through a callback or
+        # polling; its watch task then holds the job instead of a lease.
+        return submission.submit(job, upscaler)
+    if job.next_poll_at is not None:
+        # This attempt runs here, so an earlier remote attempt's checks stop.
+        job_manager.set_next_poll_at(job.job_id, None)
     destination = output_path_for(job)
     destination.parent.mkdir(parents=True, exist_ok=True)
     started = timezone.now()
@@ -172,11 +183,11 @@ def remove_quietly(path):
 
 
 def poll_processing_jobs(*, limit):
-    """Check on jobs that remote providers are processing; return how many.
+    """Restart the checks of remote jobs whose watch task was lost; return how many.
 
     The poll sweep (sellmyimages.maintenance.sweeps) calls this on its
-    interval, for jobs whose provider's callback has not arrived. The local
+    interval. Each remote job is polled by its own chain of watch tasks
+    (upscaling/watch.py); this only revives a chain that stopped. The local
     engine finishes within its task, so it has nothing to poll.
     """
-    # TODO: remote providers check their processing jobs here.
-    return 0
+    return watch.recover_overdue_jobs(limit=limit)
