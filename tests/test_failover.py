@@ -280,11 +280,13 @@ def test_submission_interrupted_by_crash_resent(upsampler, catalog, client, sett
     assert "provider_resubmitting" in events(job)
 
 
-def test_rerun_after_crash_and_lost_watch_recovers(upsampler, catalog, client, settings):
+def test_rerun_after_crash_and_lost_watch(upsampler, catalog, client, settings):
     settings.SMI_PROVIDER_POLL_INITIAL_SECONDS = 0.2
     settings.SMI_PROVIDER_POLL_MAX_SECONDS = 0.4
     job = force_status(paid_job(catalog), "processing")
-    job_manager.update_job(job.job_id, provider="upsampler", attempt_count=1, actor="test")
+    job_manager.update_job(
+        job.job_id, provider="upsampler", attempt_count=1, actor="test"
+    )
     # The worker died during the request and its watch task was lost too;
     # the recovery sweep then runs the processing step again.
     submission = ProviderSubmission.objects.create(

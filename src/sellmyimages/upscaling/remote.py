@@ -7,8 +7,9 @@ One job's path through a remote provider:
    that dies mid-request leaves a record that watch.py later treats as
    "may have started".
 2. The provider calls /webhooks/<provider>/<secret>, and
-   collect.confirm_callback requests the real status from the provider's API. watch.watch_remote_job polls
-   at growing intervals in case no callback comes, and fails the job once
+   collect.confirm_callback requests the real status from the provider's
+   API. watch.watch_remote_job polls at growing intervals in case no
+   callback comes, and fails the job once
    SMI_PROVIDER_MAX_PROCESSING_MINUTES have passed.
 3. collect.collect() fetches the result through the guarded fetcher, checks
    and stores it, then completes the job; the pipeline then issues the
