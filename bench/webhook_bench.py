@@ -1,4 +1,4 @@
-"""Measure signed Stripe webhook ingestion against a trivial endpoint, same server, same run.
+"""Measure signed Stripe webhook ingestion beside a trivial endpoint of the same server.
 
 For each database (the embedded SQLite default and PostgreSQL), it starts
 gunicorn on 127.0.0.1 with a fresh data folder, seeds jobs awaiting
@@ -46,7 +46,7 @@ django.setup()
 from sellmyimages.jobs.models import Job
 count = int(sys.argv[1])
 jobs = [
-    Job(source_kind="catalog", source_ref="bench.png", source_path="/nonexistent/bench.png",
+    Job(source_kind="catalog", source_ref="bench.png", source_path="/none/bench.png",
         source_width=400, source_height=300, resolution="4x", email="bench@example.com",
         payment_provider="stripe", currency="usd", customer_price="1.00",
         checkout_session_id=f"cs_test_bench_{i}")
@@ -81,7 +81,7 @@ def reset_postgres_database(drop_only=False):
             connection.execute(f"CREATE DATABASE {PG_BENCH_DB}")
 
 
-def shop_env(data_dir, database_url):
+def shop_env(data_dir, database_url, conn_max_age):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SMI_", "STRIPE_"))}
     env.pop("DATABASE_URL", None)
     env.update(
@@ -92,6 +92,7 @@ def shop_env(data_dir, database_url):
         # sure nothing could.
         SMI_STRIPE_API_BASE="http://127.0.0.1:9",
         SMI_LOG_LEVEL="WARNING",
+        SMI_DB_CONN_MAX_AGE=str(conn_max_age),
         DJANGO_SETTINGS_MODULE="sellmyimages.settings",
         PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]),
     )
@@ -129,7 +130,7 @@ def signed_event(job_id, session_id):
 
 
 def run_load(port, requests, concurrency):
-    """Send every (method, path, body, headers) request; return latencies and seconds."""
+    """Send each (method, path, body, headers); return latencies, seconds, errors."""
     latencies = []
     errors = []
     lock = threading.Lock()
@@ -189,7 +190,7 @@ def wait_for_server(port, process, timeout=60):
 
 def bench_database(label, database_url, args):
     with tempfile.TemporaryDirectory(prefix="smi-webhook-bench-") as tmp:
-        env = shop_env(Path(tmp) / "data", database_url)
+        env = shop_env(Path(tmp) / "data", database_url, args.conn_max_age)
         python = sys.executable
         subprocess.run(
             [python, "-m", "sellmyimages.cli", "manage", "migrate", "-v", "0"],
@@ -266,6 +267,13 @@ def main():
     parser.add_argument(
         "--web-workers", type=int, default=2, help="gunicorn processes."
     )
+    parser.add_argument(
+        "--conn-max-age",
+        type=int,
+        default=0,
+        help="SMI_DB_CONN_MAX_AGE for the server, in seconds; the default 0 "
+        "opens a database connection per request.",
+    )
     args = parser.parse_args()
 
     targets = [("sqlite", None)]
@@ -278,7 +286,8 @@ def main():
 
     print(
         f"{args.requests} requests per row, {args.concurrency} concurrent connections, "
-        f"gunicorn with {args.web_workers} gthread workers x 4 threads, {os.cpu_count()} CPUs"
+        f"gunicorn with {args.web_workers} gthread workers x 4 threads, "
+        f"SMI_DB_CONN_MAX_AGE={args.conn_max_age}, {os.cpu_count()} CPUs"
     )
     header = (
         f"{'database':<11} {'endpoint':<18} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
@@ -298,9 +307,8 @@ def main():
                 f"{label:<11} {name:<18} {row['rps']:>8.1f} {row['p50_ms']:>8.2f} "
                 f"{row['p99_ms']:>8.2f}"
             )
-        print(
-            f"{label:<11} webhook/healthz throughput ratio: {ingest['rps'] / trivial['rps']:.2f}"
-        )
+        ratio = ingest["rps"] / trivial["rps"]
+        print(f"{label:<11} webhook/healthz throughput ratio: {ratio:.2f}")
 
 
 if __name__ == "__main__":
