@@ -8,14 +8,15 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from sellmyimages.jobs.manager import job_manager
+from sellmyimages.jobs.models import Job
 from sellmyimages.upscaling import circuit
 from sellmyimages.upscaling.models import CircuitState, ProviderSubmission
 from sellmyimages.upscaling.tasks import poll_processing_jobs, process_job
-from sellmyimages.upscaling.watch import schedule_watch
+from sellmyimages.upscaling.watch import check_job, schedule_watch
 from tests.conftest import run_tasks
 from tests.factories import force_status, make_job
 from tests.fakes import replicate as replicate_fake
-from tests.fakes.loopback import drive
+from tests.fakes.loopback import DjangoApp, drive
 from tests.fakes.replicate import FakeReplicate
 from tests.fakes.upsampler import upsampler  # noqa: F401
 
@@ -303,3 +304,31 @@ def test_rerun_after_crash_and_lost_watch(upsampler, catalog, client, settings):
     assert ProviderSubmission.objects.get(pk=submission.pk).error_code == (
         "submission_interrupted"
     )
+
+
+def test_deadline_waits_for_result_being_stored(upsampler, catalog, client, settings):
+    upsampler.process_seconds = 3600
+    job = paid_job(catalog)
+    run_tasks()
+    submission = ProviderSubmission.objects.get(job=job)
+    # Another worker is storing the result when the deadline passes.
+    ProviderSubmission.objects.filter(pk=submission.pk).update(
+        state="collecting", collect_started_at=timezone.now()
+    )
+    Job.objects.filter(pk=job.pk).update(
+        processing_started_at=timezone.now() - timedelta(hours=1)
+    )
+    job.refresh_from_db()
+
+    assert check_job(job) == "collecting"
+    job.refresh_from_db()
+    assert job.status == "processing"
+
+    # That worker died: its lease lapses, and the next check takes over.
+    ProviderSubmission.objects.filter(pk=submission.pk).update(
+        collect_started_at=timezone.now() - timedelta(hours=1)
+    )
+    upsampler.jobs[job.provider_job_id].ready_at = 0
+    upsampler.advance(DjangoApp(client))
+
+    assert check_job(job) == "completed"

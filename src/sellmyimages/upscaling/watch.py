@@ -100,6 +100,10 @@ def check_job(job):
     job.refresh_from_db()
     if job.status != Status.PROCESSING:
         return "finished"
+    if any(s.state == SubmissionState.COLLECTING for s in submissions):
+        # A worker is storing a result under a lease that ends on its own,
+        # so the deadline waits for it rather than throw the result away.
+        return "collecting"
     if now >= processing_deadline(job):
         minutes = settings.SMI_PROVIDER_MAX_PROCESSING_MINUTES
         return fail_job(
