@@ -162,9 +162,11 @@ def claim_refund_attempt(refund_id, attempt):
     """Return the refund if this run owns attempt number `attempt`, else None.
 
     The claim and the fallback attempt commit together, before any
-    request is sent.
+    request is sent. The block is durable, so a caller's open transaction
+    raises RuntimeError here instead of delaying that commit past the
+    request.
     """
-    with transaction.atomic():
+    with transaction.atomic(durable=True):
         refund = (
             Refund.objects.select_for_update().select_related("job").get(pk=refund_id)
         )
