@@ -40,6 +40,38 @@ def data_dir(request, tmp_path_factory):
     return settings.DATA_DIR
 
 
+DATABASE_FIXTURES = {
+    "db",
+    "transactional_db",
+    "django_db_reset_sequences",
+    "django_db_serialized_rollback",
+}
+
+
+@pytest.fixture(autouse=True)
+def shop_settings_cache(request):
+    """Start every test with an empty shop settings cache.
+
+    A test without database access has no stored shop settings, so it sees
+    the environment's values without a query.
+    """
+    if not request.config.pluginmanager.hasplugin("django"):
+        yield
+        return
+    from sellmyimages.shopsettings import config
+
+    has_database = request.node.get_closest_marker("django_db") is not None or bool(
+        DATABASE_FIXTURES & set(request.fixturenames)
+    )
+    config.clear_cache()
+    if has_database:
+        yield
+        config.clear_cache()
+    else:
+        with config.environment_only():
+            yield
+
+
 @pytest.fixture
 def catalog(settings):
     """Copy test images into the catalog folder; return a function that adds one."""

@@ -20,6 +20,7 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from sellmyimages import shopsettings
 from sellmyimages.jobs import signals
 from sellmyimages.jobs.exceptions import (
     ConcurrentUpdate,
@@ -439,7 +440,7 @@ class JobManager:
         Issuing a token revokes the previous one.
         """
         if expires_in_hours is None:
-            expires_in_hours = settings.SMI_DOWNLOAD_EXPIRY_HOURS
+            expires_in_hours = shopsettings.get().download_expiry_hours
         token = secrets.token_hex(TOKEN_BYTES)
         expires_at = timezone.now() + timedelta(hours=expires_in_hours)
         with transaction.atomic():
@@ -598,7 +599,7 @@ class JobManager:
 
     @staticmethod
     def validate_resolution(resolution):
-        allowed = settings.SMI_RESOLUTIONS
+        allowed = shopsettings.get().resolutions
         if resolution not in allowed:
             raise JobValidationError(
                 "resolution", f"{resolution!r} is not one of {', '.join(allowed)}."

@@ -6,6 +6,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 
+from sellmyimages import shopsettings
+
 CENT = Decimal("0.01")
 MEGAPIXEL = Decimal(1_000_000)
 
@@ -98,7 +100,7 @@ def calculate_quote(
 
 
 def current_markup_percentage():
-    return settings.SMI_MARKUP_PERCENT
+    return shopsettings.get().markup_percentage
 
 
 def max_output_megapixels(engine=None):
@@ -112,9 +114,12 @@ def max_output_megapixels(engine=None):
 def available_quotes(width, height):
     """Return a quote for each allowed resolution the engine can produce."""
     limit = Decimal(max_output_megapixels())
+    config = shopsettings.get()
     quotes = []
-    for resolution in settings.SMI_RESOLUTIONS:
-        quote = calculate_quote(width, height, resolution)
+    for resolution in config.resolutions:
+        quote = calculate_quote(
+            width, height, resolution, markup_percentage=config.markup_percentage
+        )
         if quote.output_megapixels <= limit:
             quotes.append(quote)
     return quotes
