@@ -7,17 +7,21 @@ so two processes racing to move one job cannot both succeed. Signals and
 follow-up tasks are sent only after the transaction commits.
 """
 
+import datetime
 import hashlib
 import logging
 import secrets
 import uuid
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.db.models import Case, DecimalField, ExpressionWrapper, F, Q, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from sellmyimages import shopsettings
@@ -25,10 +29,15 @@ from sellmyimages.jobs import signals
 from sellmyimages.jobs.exceptions import (
     ConcurrentUpdate,
     InvalidTransition,
+    JobError,
     JobNotFound,
     JobValidationError,
 )
-from sellmyimages.jobs.lifecycle import STATUS_TIMESTAMPS, transition_error
+from sellmyimages.jobs.lifecycle import (
+    REFUNDED_PAYMENT_STATUSES,
+    STATUS_TIMESTAMPS,
+    transition_error,
+)
 from sellmyimages.jobs.models import Job, JobEvent, PaymentStatus, SourceKind, Status
 from sellmyimages.jobs.pricing import calculate_quote, parse_factor
 
@@ -85,6 +94,85 @@ COST_FIELDS = {
 }
 
 TOKEN_BYTES = 32  # 64 hexadecimal characters
+
+# The fields that the admin's search box and `smi jobs list --search` match.
+SEARCH_FIELDS = (
+    "job_id",
+    "email",
+    "checkout_session_id",
+    "payment_intent_id",
+    "provider_job_id",
+)
+
+# The failure code of a job that an operator marked failed; the operator's
+# reason is in failure_detail and in the audit trail.
+OPERATOR_FAILURE_CODE = "failed_by_operator"
+MAX_EXTEND_HOURS = 24 * 365
+# Descriptions of the results of JobManager.retry, for operators.
+RETRY_RESULTS = {
+    "pending": "moved back to pending; processing is enqueued",
+    "requeued": "processing is enqueued again",
+    "rerun": "processing runs again under a new attempt number",
+}
+# Payment statuses of jobs that took a payment, whose margin means something.
+EARNING_PAYMENT_STATUSES = (
+    PaymentStatus.PAID,
+    PaymentStatus.PARTIALLY_REFUNDED,
+    PaymentStatus.REFUNDED,
+)
+REFUND_REASON_MAX_LENGTH = 255
+
+
+class ActionNotAllowed(JobError):
+    """An operator action does not apply to the job in its current state."""
+
+    def __init__(self, action, job, reason, code="not_applicable"):
+        self.action = action
+        self.job_id = job.job_id
+        # A short name of the reason, for callers that word it themselves.
+        self.code = code
+        super().__init__(f"Cannot {action} job {job.job_id}: {reason}.")
+
+
+def day_bounds(first_day=None, last_day=None):
+    """Return (created_after, created_before) covering whole days, both included.
+
+    Days are dates in the site's time zone (TIME_ZONE, UTC by default);
+    either may be None for an open end.
+    """
+    zone = timezone.get_current_timezone()
+    created_after = created_before = None
+    if first_day is not None:
+        created_after = datetime.datetime.combine(
+            first_day, datetime.time.min, tzinfo=zone
+        )
+    if last_day is not None:
+        next_day = last_day + timedelta(days=1)
+        created_before = datetime.datetime.combine(
+            next_day, datetime.time.min, tzinfo=zone
+        )
+    return created_after, created_before
+
+
+def annotate_money(jobs):
+    """Add total_cost and margin_amount to each job of the QuerySet `jobs`.
+
+    total_cost is the provider cost plus the payment provider's fee.
+    margin_amount is the price less refunds and total_cost, for jobs that
+    took a payment, and None for the others.
+    """
+    money = DecimalField(max_digits=14, decimal_places=4)
+    zero = Value(Decimal("0"), output_field=money)
+    cost = Coalesce(F("provider_cost"), zero) + Coalesce(F("payment_fee"), zero)
+    earned = Coalesce(F("customer_price"), zero) - Coalesce(F("refund_amount"), zero)
+    return jobs.annotate(
+        total_cost=ExpressionWrapper(cost, output_field=money),
+        margin_amount=Case(
+            When(payment_status__in=EARNING_PAYMENT_STATUSES, then=earned - cost),
+            default=None,
+            output_field=money,
+        ),
+    )
 
 
 def hash_token(token):
@@ -594,6 +682,377 @@ class JobManager:
         ).update(**fields)
         return updated == 1
 
+    # Queries for operators
+
+    def filter_jobs(
+        self,
+        *,
+        status=None,
+        payment_status=None,
+        provider=None,
+        resolution=None,
+        created_after=None,
+        created_before=None,
+        search=None,
+        email=None,
+    ):
+        """Return a QuerySet of the jobs that match every given filter.
+
+        These are the Jobs admin's filters; `search` matches part of any of
+        SEARCH_FIELDS, as the admin's search box does.
+        """
+        jobs = Job.objects.all()
+        for field, value, choices in (
+            ("status", status, Status.values),
+            ("payment_status", payment_status, PaymentStatus.values),
+        ):
+            if not value:
+                continue
+            values = [value] if isinstance(value, str) else list(value)
+            for item in values:
+                if item not in choices:
+                    raise JobValidationError(
+                        field, f"{item!r} is not one of {', '.join(choices)}."
+                    )
+            jobs = jobs.filter(**{f"{field}__in": values})
+        if provider:
+            jobs = jobs.filter(provider=provider)
+        if email:
+            jobs = jobs.filter(email__iexact=email)
+        if resolution:
+            jobs = jobs.filter(resolution=resolution)
+        if created_after:
+            created_after = self._aware(created_after, "created_after")
+            jobs = jobs.filter(created_at__gte=created_after)
+        if created_before:
+            created_before = self._aware(created_before, "created_before")
+            jobs = jobs.filter(created_at__lt=created_before)
+        if search:
+            match = Q()
+            for field in SEARCH_FIELDS:
+                match |= Q(**{f"{field}__icontains": search.strip()})
+            jobs = jobs.filter(match)
+        return jobs
+
+    def stuck_since(self):
+        """Return the time before which a pending or processing job counts as stuck."""
+        return timezone.now() - timedelta(minutes=settings.SMI_STUCK_AFTER_MINUTES)
+
+    def is_stuck(self, job):
+        return (
+            job.status in (Status.PENDING, Status.PROCESSING)
+            and job.updated_at < self.stuck_since()
+        )
+
+    # Operator actions. The admin passes actor="admin:<username>" and the
+    # CLI actor="cli:<os user>"; each action writes the audit trail.
+
+    def retry(self, job_id, *, actor, reason=""):
+        """Send a failed or stuck job through processing again.
+
+        A failed job moves back to pending, which enqueues processing with
+        a fresh count of attempts. It must be paid and not refunded, and
+        its automatic refund must have ended as failed or canceled. A paid
+        job that fails is refunded automatically, so retrying it while that
+        refund can still go through could both deliver and refund it.
+
+        A stuck job (pending or processing, unchanged for
+        SMI_STUCK_AFTER_MINUTES) is re-run rather than failed first,
+        because failing a paid job starts its refund. A stuck pending job
+        has its processing task enqueued again; a stuck processing job is
+        given a new attempt number and processed again, and a late task of
+        the old attempt then does nothing.
+
+        Returns "pending", "requeued" or "rerun", for those three cases.
+        """
+        with transaction.atomic():
+            job = self._locked(job_id)
+            if job.status == Status.FAILED:
+                self._check_retryable_failure(job)
+                self._transition(
+                    job,
+                    Status.PENDING,
+                    actor=actor,
+                    reason=reason or "retry",
+                    fields={"attempt_count": 0},
+                    event="retried",
+                    data={
+                        "failure_code": job.failure_code,
+                        "attempts": job.attempt_count,
+                    },
+                )
+                return "pending"
+            if job.status not in (Status.PENDING, Status.PROCESSING):
+                raise ActionNotAllowed(
+                    "retry",
+                    job,
+                    f"it is {job.status!r}; only failed jobs and stuck pending or "
+                    "processing jobs can be retried",
+                )
+            if not self.is_stuck(job):
+                raise ActionNotAllowed(
+                    "retry",
+                    job,
+                    f"it is {job.status!r} and changed at "
+                    f"{job.updated_at:%Y-%m-%d %H:%M} UTC; it counts as stuck only "
+                    f"after {settings.SMI_STUCK_AFTER_MINUTES} minutes without a change",
+                )
+            return self._rerun_stuck(job, actor=actor, reason=reason)
+
+    def _check_retryable_failure(self, job):
+        if job.payment_status in REFUNDED_PAYMENT_STATUSES:
+            raise ActionNotAllowed("retry", job, "its payment was refunded")
+        if job.payment_status != PaymentStatus.PAID:
+            raise ActionNotAllowed(
+                "retry",
+                job,
+                f"its payment status is {job.payment_status!r}; "
+                "only a paid job is processed",
+            )
+        # Imported here because the payments app imports this module.
+        from sellmyimages.payments.models import RefundStatus
+
+        statuses = set(job.refunds.values_list("status", flat=True))
+        if not statuses:
+            raise ActionNotAllowed(
+                "retry",
+                job,
+                "its automatic refund has not been attempted yet; retry it once "
+                "that refund has failed",
+            )
+        open_statuses = statuses - {RefundStatus.FAILED, RefundStatus.CANCELED}
+        if open_statuses:
+            raise ActionNotAllowed(
+                "retry",
+                job,
+                f"a refund of it is still {', '.join(sorted(open_statuses))}",
+            )
+
+    def _rerun_stuck(self, job, *, actor, reason):
+        # Imported here because the tasks' modules import this module.
+        from sellmyimages.jobs.pipeline import schedule_next_step
+        from sellmyimages.upscaling.tasks import process_job
+
+        job_id = job.job_id
+        if job.status == Status.PENDING:
+            self._save_fields(job, {})
+            self._record(
+                job, "retried", actor=actor, reason=reason or "stuck in pending"
+            )
+            transaction.on_commit(lambda: schedule_next_step(job_id, Status.PENDING))
+            result = "requeued"
+        else:
+            attempt = job.attempt_count + 1
+            self._save_fields(job, {"attempt_count": attempt})
+            self._record(
+                job,
+                "retried",
+                actor=actor,
+                reason=reason or "stuck in processing",
+                data={"attempt": attempt},
+            )
+            transaction.on_commit(
+                lambda: process_job.enqueue(str(job_id), attempt=attempt)
+            )
+            result = "rerun"
+        logger.info(
+            "event=job_retried job_id=%s result=%s actor=%s", job_id, result, actor
+        )
+        return result
+
+    def refund(self, job_id, amount=None, *, reason, actor):
+        """Refund a paid job in full, or `amount` of it, and return the Refund.
+
+        payments.service.refund_job writes the Refund row and the audit
+        events and makes the first attempt at the provider. A full refund
+        also makes the download link stop working.
+        """
+        reason = (reason or "").strip()
+        if not reason:
+            raise JobValidationError(
+                "reason", "must not be empty; say why the job is refunded."
+            )
+        if len(reason) > REFUND_REASON_MAX_LENGTH:
+            raise JobValidationError(
+                "reason", f"is longer than {REFUND_REASON_MAX_LENGTH} characters."
+            )
+        if amount is not None:
+            amount = self._decimal("amount", amount)
+            if amount.as_tuple().exponent < -2:
+                raise JobValidationError(
+                    "amount", f"{amount} has more than two decimal places."
+                )
+        # Imported here because the payments app imports this module.
+        from sellmyimages.payments.models import RefundKind
+        from sellmyimages.payments.service import refund_job
+
+        job = self.get_job(job_id)
+        return refund_job(
+            job.job_id, amount=amount, reason=reason, kind=RefundKind.ADMIN, actor=actor
+        )
+
+    def resend_download(self, job_id, *, actor):
+        """Email the customer a new download link; the previous link stops working.
+
+        The new link gets the full download expiry from now. Returns
+        "sent" once the email is written.
+        """
+        # Imported here because the notifications app imports this module.
+        from sellmyimages.notifications.tasks import send_download_email
+
+        with transaction.atomic():
+            job = self._locked(job_id)
+            self._check_downloadable(job, "resend the download email of")
+            if not job.email:
+                raise ActionNotAllowed(
+                    "resend the download email of", job, "it has no email address"
+                )
+            # A fresh key makes this a new message rather than a repeat of
+            # the first download email, which was already sent.
+            dedupe_key = f"resend-{uuid.uuid4().hex}"
+            return send_download_email(job, dedupe_key=dedupe_key, actor=actor)
+
+    def reissue_token(self, job_id, *, actor):
+        """Issue a new download token without emailing it, and return the token.
+
+        The previous link stops working. Only the token's SHA-256 is kept,
+        so the caller must show the token now, to an operator who passes
+        the link on to the customer.
+        """
+        with transaction.atomic():
+            job = self._locked(job_id)
+            self._check_downloadable(job, "issue a new download link for")
+            return self.generate_download_token(job.job_id, actor=actor)
+
+    def extend_expiry(self, job_id, hours, *, actor):
+        """Make the download link work `hours` longer and return the new expiry.
+
+        The hours are added to the current expiry, or to now if the link
+        has already expired.
+        """
+        if isinstance(hours, bool) or not isinstance(hours, int):
+            raise JobValidationError("hours", f"{hours!r} is not a whole number.")
+        if not 1 <= hours <= MAX_EXTEND_HOURS:
+            raise JobValidationError(
+                "hours", f"{hours} is not between 1 and {MAX_EXTEND_HOURS}."
+            )
+        with transaction.atomic():
+            job = self._locked(job_id)
+            self._check_downloadable(job, "extend the download link of")
+            if job.download_token_hash is None:
+                raise ActionNotAllowed(
+                    "extend the download link of",
+                    job,
+                    "it has no download link; resend the download email to issue one",
+                )
+            now = timezone.now()
+            previous = job.download_expires_at
+            expires_at = max(previous or now, now) + timedelta(hours=hours)
+            self._save_fields(job, {"download_expires_at": expires_at})
+            self._record(
+                job,
+                "download_expiry_extended",
+                actor=actor,
+                data={
+                    "hours": hours,
+                    "previous": previous.isoformat() if previous else None,
+                    "expires_at": expires_at.isoformat(),
+                },
+            )
+        return expires_at
+
+    def mark_failed_by_operator(self, job_id, *, reason, actor):
+        """Fail a job for the operator's `reason`; a paid job is then refunded.
+
+        The reason is kept in failure_detail and on the audit trail, and the
+        failure code is OPERATOR_FAILURE_CODE. Returns True.
+        """
+        reason = (reason or "").strip()
+        if not reason:
+            raise JobValidationError(
+                "reason", "must not be empty; say why the job failed."
+            )
+        with transaction.atomic():
+            job = self._locked(job_id)
+            if job.status == Status.FAILED:
+                raise ActionNotAllowed("fail", job, "it has already failed")
+            problem = transition_error(job, Status.FAILED)
+            if problem:
+                raise ActionNotAllowed(
+                    "fail", job, f"it is {job.status!r} and {problem}"
+                )
+            self._record(job, "failure_requested", actor=actor, reason=reason)
+            return self.mark_failed(
+                job.job_id, OPERATOR_FAILURE_CODE, detail=reason, actor=actor
+            )
+
+    def _check_downloadable(self, job, action):
+        if job.status != Status.COMPLETED:
+            raise ActionNotAllowed(action, job, f"it is {job.status!r}, not completed")
+        if job.payment_status == PaymentStatus.REFUNDED:
+            raise ActionNotAllowed(action, job, "its payment was refunded in full")
+        if not job.output_path or not Path(job.output_path).is_file():
+            raise ActionNotAllowed(action, job, "its upscaled file is no longer kept")
+
+    # The customer's way back: a new link for an expired one, from the
+    # order page.
+
+    def new_link_available_until(self, job):
+        """Return until when the customer may ask for a new link, or None if not now.
+
+        That is while the job is completed and not refunded in full, has an
+        email address, its link has expired, and its file is still kept:
+        SMI_OUTPUT_RETENTION_HOURS after the expiry, and on disk.
+        """
+        now = timezone.now()
+        if (
+            job.status != Status.COMPLETED
+            or job.payment_status == PaymentStatus.REFUNDED
+            or not job.email
+            or job.download_expires_at is None
+            or job.download_expires_at > now
+        ):
+            return None
+        retention = timedelta(hours=shopsettings.get().output_retention_hours)
+        until = job.download_expires_at + retention
+        if until <= now or not job.output_path or not Path(job.output_path).is_file():
+            return None
+        return until
+
+    def new_link_requests_left(self, job):
+        """Return how many more new links the customer may ask for in this 24 hours."""
+        since = timezone.now() - timedelta(hours=24)
+        requests = job.events.filter(event="new_link_requested", created_at__gte=since)
+        used = requests.count()
+        return max(settings.SMI_NEW_LINK_REQUESTS_PER_DAY - used, 0)
+
+    def send_new_link(self, job_id):
+        """Email a new download link to the job's own address for the customer.
+
+        Raises ActionNotAllowed if the job does not qualify (see
+        new_link_available_until) or if the daily limit of
+        SMI_NEW_LINK_REQUESTS_PER_DAY requests is used up.
+        """
+        action = "send a new download link for"
+        with transaction.atomic():
+            # The row lock makes concurrent requests count one after another.
+            job = self._locked(job_id)
+            if self.new_link_available_until(job) is None:
+                raise ActionNotAllowed(
+                    action, job, "no new link can be sent for it now"
+                )
+            if self.new_link_requests_left(job) == 0:
+                raise ActionNotAllowed(
+                    action,
+                    job,
+                    f"the limit of {settings.SMI_NEW_LINK_REQUESTS_PER_DAY} "
+                    "requests in 24 hours is reached",
+                    code="rate_limited",
+                )
+            self._record(job, "new_link_requested", actor="customer")
+            result = self.resend_download(job.job_id, actor="customer")
+        logger.info("event=new_link_sent job_id=%s", job.job_id)
+        return result
 
     # Validation helpers
 

@@ -10,4 +10,5 @@ urlpatterns = [
     path("images/<str:name>/thumbnail.jpg", views.thumbnail, name="thumbnail"),
     path("orders/<uuid:job_id>/", views.order, name="order"),
     path("orders/<uuid:job_id>/download", views.order_download, name="order-download"),
+    path("orders/<uuid:job_id>/new-link", views.order_new_link, name="order-new-link"),
 ]

@@ -1,16 +1,23 @@
 """The storefront: the catalog, a product page with prices, and order pages."""
 
 import logging
+import smtplib
 
+from django.conf import settings
+from django.contrib import messages
 from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_http_methods, require_safe
+from django.views.decorators.http import (
+    require_http_methods,
+    require_POST,
+    require_safe,
+)
 
 from sellmyimages.catalog import images
 from sellmyimages.delivery.views import plain, serve_job_output
 from sellmyimages.jobs.exceptions import JobNotFound, JobValidationError
-from sellmyimages.jobs.manager import job_manager
+from sellmyimages.jobs.manager import ActionNotAllowed, job_manager
 from sellmyimages.jobs.models import Status
 from sellmyimages.orders import place_order, quote_image
 from sellmyimages.payments.backends.base import PaymentError
@@ -85,8 +92,47 @@ def order(request, job_id):
         "job": job,
         "owns_order": owns_order(request, job.job_id),
         "finished": job.status in (Status.COMPLETED, Status.FAILED, Status.ABANDONED),
+        "link_expired": bool(
+            job.download_expires_at and job.download_expires_at <= timezone.now()
+        ),
+        "new_link_until": job_manager.new_link_available_until(job),
+        "new_link_requests_left": job_manager.new_link_requests_left(job),
+        "new_link_limit": settings.SMI_NEW_LINK_REQUESTS_PER_DAY,
     }
     return render(request, "storefront/order.html", context)
+
+
+@require_POST
+def order_new_link(request, job_id):
+    """Email a new download link to the address on the order, for an expired one.
+
+    The form carries no address: the link goes only to the job's email.
+    """
+    try:
+        job_manager.send_new_link(job_id)
+    except JobNotFound:
+        raise Http404("No such order.") from None
+    except ActionNotAllowed as exc:
+        logger.info("event=new_link_rejected job_id=%s code=%s", job_id, exc.code)
+        if exc.code == "rate_limited":
+            messages.error(
+                request,
+                f"You have asked for {settings.SMI_NEW_LINK_REQUESTS_PER_DAY} new "
+                "links in the last 24 hours. Please try again later, or contact the "
+                "shop.",
+            )
+        else:
+            messages.error(request, "A new link cannot be sent for this order.")
+    except (smtplib.SMTPException, OSError) as exc:
+        logger.error("event=new_link_failed job_id=%s error=%r", job_id, exc)
+        messages.error(
+            request, "We could not send the email just now. Please try again later."
+        )
+    else:
+        messages.success(
+            request, "We sent a new download link to the email address on this order."
+        )
+    return redirect("storefront:order", job_id=job_id)
 
 
 @require_safe
