@@ -179,6 +179,7 @@ def test_cli_bad_image_exits_2(tmp_path, name):
 
 def test_cli_bad_resolution_exits_2(tmp_path):
     env = {**os.environ, "SMI_DATA_DIR": str(tmp_path / "cli-data")}
+    env.pop("DATABASE_URL", None)
     result = subprocess.run(
         [sys.executable, "-m", "sellmyimages.cli", "demo", "--resolution", "5x"],
         capture_output=True,

@@ -155,3 +155,19 @@ def test_failed_upscale_is_refunded_and_admin_told(client, catalog, settings):
     recipients = sorted(m["To"] for m in outbox_messages(settings))
     assert recipients == sorted([settings.SMI_ADMIN_EMAIL, "buyer@example.com"])
     assert job_manager.get_job(job.job_id).refunds.count() == 1
+
+
+def test_refund_task_skips_retried_job(client, catalog, settings):
+    """A refund queued for a failure does nothing once an admin retried the job."""
+    from sellmyimages.payments.tasks import refund_failed_job
+
+    name = catalog("photo_cat_chelsea_451x300.png")
+    created = buy(client, name)
+    job = Job.objects.get(job_id=created["job_id"])
+    job_manager.update_status(job.job_id, "failed", actor="test", failure_code="test")
+    job_manager.update_status(job.job_id, "pending", actor="admin:test")
+
+    assert refund_failed_job.call(str(job.job_id)) == "not_failed"
+    job = Job.objects.get(pk=job.pk)
+    assert job.payment_status == "paid"
+    assert job.refunds.count() == 0

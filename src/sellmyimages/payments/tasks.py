@@ -10,9 +10,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from sellmyimages.jobs.exceptions import JobValidationError
-from sellmyimages.jobs.models import Job, PaymentStatus
+from sellmyimages.jobs.models import Job, PaymentStatus, Status
 from sellmyimages.payments.backends.base import PaymentError
-from sellmyimages.payments.models import Dispute, Refund
+from sellmyimages.payments.models import Dispute, Refund, RefundKind
 from sellmyimages.payments.service import record_payment_fee as store_payment_fee
 from sellmyimages.payments.service import refund_job, run_refund_attempt
 
@@ -28,6 +28,12 @@ FEE_RETRY_SECONDS = 60
 def refund_failed_job(job_id):
     """Refund a failed, paid job in full; a repeat finds the same refund row."""
     job = Job.objects.get(job_id=job_id)
+    started = job.refunds.filter(kind=RefundKind.AUTOMATIC).exists()
+    if job.status != Status.FAILED and not started:
+        # An admin retried the job after this task was queued; refunding now
+        # would pay back a job that is about to be delivered.
+        logger.info("event=automatic_refund_skipped job_id=%s status=%s", job_id, job.status)
+        return "not_failed"
     if job.payment_status != PaymentStatus.PAID and not job.refunds.exists():
         return "not_paid"
     try:
