@@ -13,7 +13,7 @@ def healthz(request):
 
 
 def readyz(request):
-    """Return 200 when the database and the task queue answer, else 503."""
+    """Return 200 when the database and the task queue respond, else 503."""
     body = {"status": "ok", "database": "ok", "queue": "ok"}
     try:
         with connection.cursor() as cursor:

@@ -20,6 +20,8 @@ CELERY_BACKEND = "django_tasks_celery.CeleryBackend"
 # Seconds a database worker waits after losing the database, doubling up to the maximum.
 RECONNECT_FIRST_SECONDS = 1.0
 RECONNECT_MAX_SECONDS = 30.0
+# Set in the environment of the worker processes that a supervisor starts.
+SUPERVISED_ENV = "SMI_WORKER_SUPERVISED"
 
 
 def task_backend():
@@ -61,20 +63,27 @@ def worker(concurrency, queue, interval, batch, max_tasks):
     """Run background tasks: upscaling, emails, refunds."""
     setup_django()
     backend = task_backend()
+    supervised = os.environ.get(SUPERVISED_ENV) == "1"
     if backend == CELERY_BACKEND:
         if batch or max_tasks is not None:
             fail("--batch and --max-tasks work only with the database task backend.")
-        run_celery_worker(concurrency, queue)
+        if supervised:
+            run_celery_worker(concurrency, queue)
+            return
+        # A Celery worker may stop on its own, for example after giving up
+        # on the broker, so a supervisor starts it again.
+        child_args = ["--concurrency", str(concurrency), "--queue", queue]
+        sys.exit(supervise_workers(1, child_args, restart_clean_exits=True))
     elif backend == DATABASE_BACKEND:
         if concurrency == 1:
             run_database_worker(queue, interval, batch, max_tasks)
-        else:
-            child_args = ["--queue", queue, "--interval", str(interval)]
-            if batch:
-                child_args.append("--batch")
-            if max_tasks is not None:
-                child_args += ["--max-tasks", str(max_tasks)]
-            sys.exit(supervise_workers(concurrency, child_args, restart_clean_exits=not batch))
+            return
+        child_args = ["--concurrency", "1", "--queue", queue, "--interval", str(interval)]
+        if batch:
+            child_args.append("--batch")
+        if max_tasks is not None:
+            child_args += ["--max-tasks", str(max_tasks)]
+        sys.exit(supervise_workers(concurrency, child_args, restart_clean_exits=not batch))
     else:
         fail(f"SMI_TASK_BACKEND={backend!r} has no worker here; use 'database' or 'celery'.")
 
@@ -89,7 +98,7 @@ def run_database_worker(queue, interval, batch, max_tasks):
 
     django-tasks-db's loop stops on a database error outside a task. The
     task that was running then stays claimed in its table, but the job's
-    own state tells the recovery sweep what to enqueue again.
+    own state shows the recovery sweep what to enqueue again.
     """
     from django.db import InterfaceError, OperationalError, connections
     from django_tasks_db.management.commands.db_worker import Worker
@@ -105,6 +114,15 @@ def run_database_worker(queue, interval, batch, max_tasks):
         excluded_queue_names=[],
     )
     worker.configure_signals()
+
+    def stop_after_task(signum, frame):
+        # A supervisor and a signal to the whole process group may both send
+        # SIGTERM; a repeat must not abandon the running task as a second
+        # Ctrl+C (SIGINT) does.
+        if worker.running:
+            worker.shutdown(signum, frame)
+
+    signal.signal(signal.SIGTERM, stop_after_task)
     logger.info("event=worker_started backend=database worker_id=%s queue=%s", worker.worker_id, queue)
     delay = RECONNECT_FIRST_SECONDS
     while True:
@@ -125,13 +143,24 @@ def run_database_worker(queue, interval, batch, max_tasks):
             delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
 
+def this_program():
+    """Return the command that started this process, without its arguments."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is not None:
+        # Started with `python -m MODULE`.
+        return [sys.executable, "-m", spec.name.removesuffix(".__main__")]
+    return [sys.executable, sys.argv[0]]
+
+
 def supervise_workers(count, child_args, *, restart_clean_exits):
-    """Run `count` single-process workers, restarting any that dies; return an exit code.
+    """Run `count` worker processes, restarting any that stops; return an exit code.
 
     SIGTERM and SIGINT are passed on, and each worker finishes its current
-    task before it exits.
+    task before it exits. The workers run the same program as this process,
+    so a wrapper such as a test's slowed engine applies to them too.
     """
-    command = [sys.executable, "-m", "sellmyimages.cli", "worker", "--concurrency", "1"]
+    command = [*this_program(), "worker", *child_args]
+    env = {**os.environ, SUPERVISED_ENV: "1"}
     stopping = False
 
     def stop(signum, frame):
@@ -141,7 +170,7 @@ def supervise_workers(count, child_args, *, restart_clean_exits):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
 
-    children = [subprocess.Popen(command + child_args) for _ in range(count)]
+    children = [subprocess.Popen(command, env=env) for _ in range(count)]
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     logger.info("event=worker_supervisor_started count=%d", count)
@@ -155,10 +184,15 @@ def supervise_workers(count, child_args, *, restart_clean_exits):
                 continue
             logger.warning("event=worker_exited pid=%d exit_code=%d restarting=1", process.pid, code)
             time.sleep(RECONNECT_FIRST_SECONDS)
-            children[index] = subprocess.Popen(command + child_args)
+            children[index] = subprocess.Popen(command, env=env)
         if all(process.poll() is not None for process in children):
-            if stopping or not restart_clean_exits:
-                return max(abs(process.returncode) for process in children)
+            codes = [process.returncode for process in children]
+            if stopping:
+                # A worker still starting up when SIGTERM came dies of it,
+                # which is a clean stop too.
+                return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
+            if not restart_clean_exits:
+                return max(abs(code) for code in codes)
 
 
 def run_celery_worker(concurrency, queue):

@@ -1,9 +1,10 @@
 """The scheduled sweeps. Each may run any number of times, on any machine.
 
-A sweep reads job rows, decides what is due and either changes the job
-through the JobManager with a compare-and-set, or enqueues the task that
-does the work; every task checks the job again before acting. Running a
-sweep twice, or two sweeps at once, therefore never does anything twice.
+A sweep reads job rows and decides what is due. It then either changes
+the job through the JobManager with a compare-and-set, or enqueues the
+task that does the work, and every task checks the job again before
+acting. Running a sweep twice, or two sweeps at once, therefore never
+does anything twice.
 `smi sweep` runs them all once; `smi scheduler` runs each on its interval.
 """
 
@@ -45,7 +46,7 @@ WORKER_LOST = "worker_lost"
 
 @dataclass
 class SweepReport:
-    """What one run of a sweep did, as counts by outcome."""
+    """The outcome counts of one run of a sweep."""
 
     name: str
     counts: dict = field(default_factory=dict)
@@ -83,6 +84,147 @@ def recover_after():
     return timedelta(seconds=settings.SMI_RECOVER_AFTER_SECONDS)
 
 
+# The queries behind the sweeps. Each repeats the condition of its partial
+# index in jobs.models.MAINTENANCE_INDEXES, so that PostgreSQL can use it;
+# bench/maintenance_queries.py times them on a million jobs.
+
+
+def unpaid_past_timeout(now, hours):
+    cutoff = now - timedelta(hours=hours)
+    return Job.objects.filter(status=Status.AWAITING_PAYMENT, created_at__lt=cutoff).order_by(
+        "created_at"
+    )
+
+
+def stale_pending(now):
+    return Job.objects.filter(status=Status.PENDING, updated_at__lt=now - recover_after()).order_by(
+        "updated_at"
+    )
+
+
+def lapsed_leases(now, engines):
+    return Job.objects.filter(
+        status=Status.PROCESSING, lease_expires_at__lt=now, provider__in=engines
+    ).order_by("lease_expires_at")
+
+
+def undelivered(now):
+    return (
+        Job.objects.filter(
+            status=Status.COMPLETED,
+            download_expires_at__isnull=True,
+            completed_at__lt=now - recover_after(),
+            completed_at__gte=now - RECOVERY_WINDOW,
+        )
+        .exclude(output_path="")
+        .exclude(email="")
+        .order_by("completed_at")
+    )
+
+
+def recently_failed(now):
+    return Job.objects.filter(
+        status=Status.FAILED,
+        failed_at__lt=now - recover_after(),
+        failed_at__gte=now - RECOVERY_WINDOW,
+    ).order_by("failed_at")
+
+
+def recently_refunded(now):
+    return (
+        Job.objects.filter(
+            refunded_at__lt=now - recover_after(), refunded_at__gte=now - RECOVERY_WINDOW
+        )
+        .exclude(email="")
+        .order_by("refunded_at")
+    )
+
+
+def reminders_due(now, hours):
+    from sellmyimages.notifications.models import Notification, NotificationKind
+
+    reminded = Notification.objects.filter(
+        job=OuterRef("pk"), kind=NotificationKind.EXPIRY_REMINDER, sent_at__isnull=False
+    )
+    return (
+        Job.objects.filter(
+            status=Status.COMPLETED,
+            download_expires_at__gt=now,
+            download_expires_at__lte=now + timedelta(hours=hours),
+            download_count=0,
+            download_token_hash__isnull=False,
+        )
+        .exclude(output_path="")
+        .exclude(email="")
+        .filter(~Exists(reminded))
+        .order_by("download_expires_at")
+    )
+
+
+def expired_downloads(now, grace):
+    return (
+        Job.objects.filter(status=Status.COMPLETED, download_expires_at__lt=now - grace)
+        .exclude(output_path="")
+        .order_by("download_expires_at")
+    )
+
+
+def never_delivered(now, expiry, grace):
+    return (
+        Job.objects.filter(
+            status=Status.COMPLETED,
+            download_expires_at__isnull=True,
+            completed_at__lt=now - expiry - grace,
+        )
+        .exclude(output_path="")
+        .order_by("completed_at")
+    )
+
+
+def failed_with_files(now):
+    cutoff = now - timedelta(hours=settings.SMI_FAILED_RETENTION_HOURS)
+    return Job.objects.filter(HOLDS_FILES, status=Status.FAILED, failed_at__lt=cutoff).order_by(
+        "failed_at"
+    )
+
+
+def abandoned_with_files(now):
+    cutoff = now - timedelta(hours=settings.SMI_ABANDONED_RETENTION_HOURS)
+    return Job.objects.filter(
+        HOLDS_FILES, status=Status.ABANDONED, abandoned_at__lt=cutoff
+    ).order_by("abandoned_at")
+
+
+def maintenance_queries(now):
+    """Return every sweep's job query by name, as the sweeps run them now."""
+    config = shop_config()
+    grace = timedelta(hours=config.output_retention_hours)
+    expiry = timedelta(hours=config.download_expiry_hours)
+    failed = recently_failed(now)
+    return {
+        "abandon: unpaid past timeout": unpaid_past_timeout(now, config.abandon_after_hours),
+        "recover: stale pending": stale_pending(now),
+        "recover: lapsed leases": lapsed_leases(now, local_engine_names()),
+        "recover: undelivered": undelivered(now),
+        "recover: failures unreported": failed.filter(~Exists(admin_emailed())),
+        "recover: refunds owed": failed.filter(payment_status=PaymentStatus.PAID),
+        "recover: refund emails": recently_refunded(now),
+        "remind: expiring soon": reminders_due(now, max(config.reminder_hours, 1)),
+        "cleanup: expired downloads": expired_downloads(now, grace),
+        "cleanup: never delivered": never_delivered(now, expiry, grace),
+        "cleanup: failed with files": failed_with_files(now),
+        "cleanup: abandoned with files": abandoned_with_files(now),
+    }
+
+
+def admin_emailed():
+    from sellmyimages.notifications.models import Notification, NotificationKind
+
+    return Notification.objects.filter(
+        job=OuterRef("pk"), kind=NotificationKind.ADMIN_JOB_FAILED, sent_at__isnull=False
+    )
+
+
 # Abandonment
 
 
@@ -94,9 +236,7 @@ def abandon_unpaid(now=None):
     now = now or timezone.now()
     report = SweepReport("abandon")
     hours = shop_config().abandon_after_hours
-    cutoff = now - timedelta(hours=hours)
-    due = Job.objects.filter(status=Status.AWAITING_PAYMENT, created_at__lt=cutoff)
-    for job in due.order_by("created_at")[: batch_size()]:
+    for job in unpaid_past_timeout(now, hours)[: batch_size()]:
         try:
             paid = get_payment_backend(job.payment_provider or None).is_session_paid(job)
         except (PaymentError, ImproperlyConfigured) as exc:
@@ -170,8 +310,7 @@ def recover_overdue_steps(now=None):
 def recover_pending(now, report):
     from sellmyimages.upscaling.tasks import process_job
 
-    stale = Job.objects.filter(status=Status.PENDING, updated_at__lt=now - recover_after())
-    for job in stale.order_by("updated_at")[: batch_size()]:
+    for job in stale_pending(now)[: batch_size()]:
         if recently_requeued(job, now):
             continue
         requeue(job, "processing", lambda job=job: process_job.enqueue(str(job.job_id)), report)
@@ -181,10 +320,7 @@ def recover_processing(now, report):
     from sellmyimages.upscaling.tasks import process_job
 
     # Remote providers carry on without our worker; polling covers them.
-    lapsed = Job.objects.filter(
-        status=Status.PROCESSING, lease_expires_at__lt=now, provider__in=local_engine_names()
-    )
-    for job in lapsed.order_by("lease_expires_at")[: batch_size()]:
+    for job in lapsed_leases(now, local_engine_names())[: batch_size()]:
         losses = JobEvent.objects.filter(job=job, event="processing_recovered").count()
         if job.lease_owner and losses >= settings.SMI_MAX_PROCESSING_RECOVERIES:
             fail_worker_lost(job, losses, report)
@@ -237,17 +373,7 @@ def fail_worker_lost(job, losses, report):
 def recover_deliveries(now, report):
     from sellmyimages.notifications.tasks import deliver_download
 
-    undelivered = (
-        Job.objects.filter(
-            status=Status.COMPLETED,
-            download_expires_at__isnull=True,
-            completed_at__lt=now - recover_after(),
-            completed_at__gte=now - RECOVERY_WINDOW,
-        )
-        .exclude(output_path="")
-        .exclude(email="")
-    )
-    for job in undelivered.order_by("completed_at")[: batch_size()]:
+    for job in undelivered(now)[: batch_size()]:
         if recently_requeued(job, now):
             continue
         requeue(job, "delivery", lambda job=job: deliver_download.enqueue(str(job.job_id)), report)
@@ -255,18 +381,9 @@ def recover_deliveries(now, report):
 
 def recover_failures(now, report):
     """Requeue the admin email and the automatic refund of failed jobs."""
-    from sellmyimages.notifications.models import Notification, NotificationKind
-
-    failed = Job.objects.filter(
-        status=Status.FAILED,
-        failed_at__lt=now - recover_after(),
-        failed_at__gte=now - RECOVERY_WINDOW,
-    )
-    admin_emailed = Notification.objects.filter(
-        job=OuterRef("pk"), kind=NotificationKind.ADMIN_JOB_FAILED, sent_at__isnull=False
-    )
-    unreported = failed.filter(~Exists(admin_emailed)).order_by("failed_at")
-    refund_owed = failed.filter(payment_status=PaymentStatus.PAID).order_by("failed_at")
+    failed = recently_failed(now)
+    unreported = failed.filter(~Exists(admin_emailed()))
+    refund_owed = failed.filter(payment_status=PaymentStatus.PAID)
     seen = set()
     for job in [*unreported[: batch_size()], *refund_owed[: batch_size()]]:
         if job.pk in seen or recently_requeued(job, now):
@@ -285,8 +402,8 @@ def recover_refunds(now, report):
     from sellmyimages.payments.models import Refund, RefundStatus
 
     # Payment backends that retry a refund in numbered attempts enqueue each
-    # attempt's fallback one lease later; a refund still requested well
-    # after that lost its fallback task.
+    # attempt's fallback one lease later. A refund still requested well
+    # after that has lost its fallback task.
     send_refund_attempt = getattr(payment_tasks, "send_refund_attempt", None)
     lease = timedelta(seconds=getattr(settings, "SMI_REFUND_LEASE_SECONDS", 0))
     stalled = Refund.objects.none() if send_refund_attempt is None else Refund.objects.filter(
@@ -305,12 +422,9 @@ def recover_refunds(now, report):
             report,
         )
 
-    refunded_jobs = Job.objects.filter(
-        refunded_at__lt=now - recover_after(), refunded_at__gte=now - RECOVERY_WINDOW
-    ).exclude(email="")
     succeeded = Refund.objects.filter(
         status=RefundStatus.SUCCEEDED,
-        job__in=refunded_jobs.order_by("refunded_at").values("pk")[: batch_size()],
+        job__in=recently_refunded(now).values("pk")[: batch_size()],
     ).select_related("job")
     for refund in succeeded:
         emailed = Notification.objects.filter(
@@ -346,7 +460,6 @@ def poll_providers(now=None):
 
 def send_expiry_reminders(now=None):
     """Enqueue one reminder for each unused download link that expires soon."""
-    from sellmyimages.notifications.models import Notification, NotificationKind
     from sellmyimages.notifications.tasks import send_expiry_reminder
 
     now = now or timezone.now()
@@ -355,22 +468,7 @@ def send_expiry_reminders(now=None):
     if hours <= 0:
         report.add("reminders off")
         return report
-    reminded = Notification.objects.filter(
-        job=OuterRef("pk"), kind=NotificationKind.EXPIRY_REMINDER, sent_at__isnull=False
-    )
-    due = (
-        Job.objects.filter(
-            status=Status.COMPLETED,
-            download_expires_at__gt=now,
-            download_expires_at__lte=now + timedelta(hours=hours),
-            download_count=0,
-            download_token_hash__isnull=False,
-        )
-        .exclude(output_path="")
-        .exclude(email="")
-        .filter(~Exists(reminded))
-    )
-    for job in due.order_by("download_expires_at")[: batch_size()]:
+    for job in reminders_due(now, hours)[: batch_size()]:
         try:
             send_expiry_reminder.enqueue(str(job.job_id))
         except Exception as exc:  # any queue backend's connection error
@@ -392,31 +490,21 @@ def clean_up_files(now=None):
     grace = timedelta(hours=config.output_retention_hours)
     expiry = timedelta(hours=config.download_expiry_hours)
 
-    expired = Job.objects.filter(
-        status=Status.COMPLETED, download_expires_at__lt=now - grace
-    ).exclude(output_path="")
-    never_delivered = Job.objects.filter(
-        status=Status.COMPLETED,
-        download_expires_at__isnull=True,
-        completed_at__lt=now - expiry - grace,
-    ).exclude(output_path="")
-    failed = Job.objects.filter(
-        HOLDS_FILES,
-        status=Status.FAILED,
-        failed_at__lt=now - timedelta(hours=settings.SMI_FAILED_RETENTION_HOURS),
-    )
-    abandoned = Job.objects.filter(
-        HOLDS_FILES,
-        status=Status.ABANDONED,
-        abandoned_at__lt=now - timedelta(hours=settings.SMI_ABANDONED_RETENTION_HOURS),
-    )
     for name, jobs, reason in (
-        ("expired download", expired, "download expired and its grace period passed"),
-        ("undelivered output", never_delivered, "output never delivered and retention passed"),
-        ("failed job", failed, "failed job's retention passed"),
-        ("abandoned job", abandoned, "abandoned job's retention passed"),
+        (
+            "expired download",
+            expired_downloads(now, grace),
+            "download expired and its grace period passed",
+        ),
+        (
+            "undelivered output",
+            never_delivered(now, expiry, grace),
+            "output never delivered and retention passed",
+        ),
+        ("failed job", failed_with_files(now), "failed job's retention passed"),
+        ("abandoned job", abandoned_with_files(now), "abandoned job's retention passed"),
     ):
-        for job in jobs.order_by("pk")[: batch_size()]:
+        for job in jobs[: batch_size()]:
             report.add(f"{name} files deleted", delete_job_files(job, reason))
 
     report.add("temporary files deleted", delete_temporary_files(now))
