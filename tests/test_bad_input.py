@@ -190,3 +190,31 @@ def test_cli_bad_resolution_exits_2(tmp_path):
     )
     assert result.returncode == 2
     assert "resolution" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["a\x00b.png", "a" * 5000 + ".png"])
+def test_impossible_catalog_name(client, name):
+    response = post(client, "/api/v1/quotes", {"catalog_image": name})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "catalog_image_not_found"
+    assert len(response.json()["error"]["message"]) < 200
+
+
+@pytest.mark.parametrize(
+    "name", ["svg_vector_diagram_1000x400.svg", "bomb_gif_declares_4_gigapixels.gif"]
+)
+def test_thumbnail_of_bad_file_is_404(client, catalog, name):
+    catalog(name)
+    assert client.get(f"/images/{name}/thumbnail.jpg").status_code == 404
+    assert client.get("/images/a%00b.png/thumbnail.jpg").status_code == 404
+
+
+def test_overlong_email(client, catalog, settings):
+    name = catalog("photo_cat_chelsea_451x300.png")
+    address = "a" * 300 + "@example.com"
+    response = post(
+        client, "/api/v1/jobs", {"catalog_image": name, "resolution": "4x", "email": address}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "email"
+    assert_nothing_left(settings, files_in(settings.SMI_CATALOG_DIR))

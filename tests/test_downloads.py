@@ -53,11 +53,28 @@ def test_range_resume_not_counted(client, token):
     assert download_count(token) == 0
 
 
-def test_range_from_zero_counted(client, token):
-    response = client.get(f"/downloads/{token}", HTTP_RANGE="bytes=0-99")
+def test_range_of_whole_file_counted(client, token):
+    response = client.get(f"/downloads/{token}", HTTP_RANGE="bytes=0-")
     assert response.status_code == 206
-    assert b"".join(response.streaming_content) == CONTENT[:100]
+    assert b"".join(response.streaming_content) == CONTENT
     assert download_count(token) == 1
+
+
+def test_probe_from_zero_not_counted(client, token):
+    for _ in range(5):
+        response = client.get(f"/downloads/{token}", HTTP_RANGE="bytes=0-0")
+        assert response.status_code == 206
+        assert b"".join(response.streaming_content) == CONTENT[:1]
+    assert download_count(token) == 0
+
+
+@pytest.mark.parametrize(
+    "header", ["bytes=" + "1" * 5000 + "-", "bytes=0-" + "9" * 5000, "bytes=5-2", "bytes=-0-"]
+)
+def test_absurd_range_sends_whole_file(client, token, header):
+    response = client.get(f"/downloads/{token}", HTTP_RANGE=header)
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == CONTENT
 
 
 def test_open_ended_and_suffix_ranges(client, token):

@@ -171,3 +171,23 @@ def test_refund_task_skips_retried_job(client, catalog, settings):
     job = Job.objects.get(pk=job.pk)
     assert job.payment_status == "paid"
     assert job.refunds.count() == 0
+
+
+def test_refund_before_delivery_stops_the_job(client, catalog, settings):
+    """A full refund while the job waits for a worker means no image is sent."""
+    from sellmyimages.payments.service import refund_job
+
+    created = buy(client, catalog("photo_cat_chelsea_451x300.png"))
+    refund_job(created["job_id"], reason="customer asked", kind="admin", actor="admin:test")
+
+    run_tasks()
+
+    job = Job.objects.get(job_id=created["job_id"])
+    assert job.status == "failed"
+    assert job.failure_code == "payment_refunded"
+    assert job.payment_status == "refunded"
+    assert job.output_path == ""
+    assert job.download_token_hash is None
+    subjects = [m["Subject"] for m in outbox_messages(settings) if m["To"] == "buyer@example.com"]
+    assert len(subjects) == 1
+    assert "refunded" in subjects[0]

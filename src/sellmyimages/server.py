@@ -63,6 +63,9 @@ def run_gunicorn(*, host, port, workers):
 
     options = {
         "bind": f"{host}:{port}",
+        # The control socket defaults to one path per user, which several
+        # shops on one machine would fight over; nothing here uses it.
+        "control_socket_disable": True,
         "workers": workers,
         "worker_class": "gthread",
         "threads": 4,

@@ -134,14 +134,32 @@ def list_catalog():
     )
 
 
+MAX_CATALOG_NAME = 255
+
+
 def catalog_path(name):
     """Return the path of catalog image `name`, rejecting anything outside."""
-    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
-        raise ImageRejected("catalog_image_not_found", f"No catalog image is named {name!r}.")
+    not_found = ImageRejected(
+        "catalog_image_not_found", f"No catalog image is named {str(name)[:80]!r}."
+    )
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name) > MAX_CATALOG_NAME
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or name.startswith(".")
+    ):
+        raise not_found
     folder = catalog_dir().resolve()
-    path = (folder / name).resolve()
-    if path.parent != folder or not path.is_file():
-        raise ImageRejected("catalog_image_not_found", f"No catalog image is named {name!r}.")
+    try:
+        path = (folder / name).resolve()
+        is_file = path.is_file()
+    except (OSError, ValueError):
+        raise not_found from None
+    if path.parent != folder or not is_file:
+        raise not_found
     return path
 
 

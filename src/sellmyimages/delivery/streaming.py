@@ -9,7 +9,8 @@ from django.http import FileResponse, HttpResponse, StreamingHttpResponse
 from django.utils.http import content_disposition_header
 
 CHUNK_SIZE = 256 * 1024
-RANGE_PATTERN = re.compile(r"^bytes=(\d*)-(\d*)$")
+# 18 digits cover any file size and keep int() far from its digit limit.
+RANGE_PATTERN = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
 
 
 def parse_range(header, size):
@@ -33,9 +34,12 @@ def parse_range(header, size):
             return "unsatisfiable"
         return max(size - length, 0), size - 1
     start = int(first)
-    end = int(last) if last else size - 1
-    if start >= size or end < start:
+    if last and int(last) < start:
+        # RFC 9110 calls this range invalid, so the header is ignored.
+        return None
+    if start >= size:
         return "unsatisfiable"
+    end = int(last) if last else size - 1
     return start, min(end, size - 1)
 
 
@@ -54,8 +58,9 @@ def read_range(path, start, end):
 def file_response(request, path, filename):
     """Return a response for `path`, honouring a Range header.
 
-    Returns (response, starts_at_zero): callers count a download only when
-    the body starts at the first byte.
+    Returns (response, whole_file): callers count a download only when the
+    body runs from the first byte to the last, so probes such as
+    "bytes=0-0" are not counted.
     """
     path = Path(path)
     size = path.stat().st_size
@@ -70,7 +75,7 @@ def file_response(request, path, filename):
             open(path, "rb"), as_attachment=True, filename=filename, content_type=content_type
         )
         response["Content-Length"] = str(size)
-        start = 0
+        start, end = 0, size - 1
     else:
         start, end = byte_range
         response = StreamingHttpResponse(
@@ -84,4 +89,4 @@ def file_response(request, path, filename):
     response["X-Content-Type-Options"] = "nosniff"
     stat = os.stat(path)
     response["ETag"] = f'"{stat.st_size:x}-{int(stat.st_mtime):x}"'
-    return response, start == 0
+    return response, start == 0 and end == size - 1

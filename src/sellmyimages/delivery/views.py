@@ -27,14 +27,14 @@ def download_filename(job):
 
 
 def serve_job_output(request, job):
-    """Stream a completed job's file and count downloads that start at 0."""
+    """Stream a completed job's file and count each whole-file download."""
     if job.status != Status.COMPLETED or not job.output_path:
         return plain(404, "This download link is not valid.")
     path = Path(job.output_path)
     if not path.is_file():
         return plain(410, "This file is no longer kept. Contact the shop if you still need it.")
-    response, starts_at_zero = file_response(request, path, download_filename(job))
-    if starts_at_zero and request.method == "GET" and response.status_code in (200, 206):
+    response, whole_file = file_response(request, path, download_filename(job))
+    if whole_file and request.method == "GET" and response.status_code in (200, 206):
         job_manager.record_download(job.job_id)
         logger.info("event=download_started job_id=%s", job.job_id)
     return response

@@ -1073,6 +1073,8 @@ class JobManager:
         if not isinstance(email, str):
             raise JobValidationError("email", "must be a string.")
         email = email.strip()
+        if len(email) > 254:
+            raise JobValidationError("email", "is longer than 254 characters.")
         try:
             validate_email(email)
         except ValidationError:

@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from sellmyimages.jobs.manager import job_manager
-from sellmyimages.jobs.models import Job, Status
+from sellmyimages.jobs.models import Job, PaymentStatus, Status
 from sellmyimages.notifications.emails import send_templated_email
 from sellmyimages.notifications.models import Notification, NotificationKind
 from sellmyimages.payments.models import Refund
@@ -81,6 +81,8 @@ def deliver_download(job_id):
         job = Job.objects.select_for_update().get(job_id=job_id)
         if job.status != Status.COMPLETED:
             return "not_completed"
+        if job.payment_status == PaymentStatus.REFUNDED:
+            return "refunded"
         return send_download_email(job)
 
 

@@ -534,6 +534,15 @@ def add_refunded_amount(job, refund, amount, actor):
         return
     if payment_status == PaymentStatus.REFUNDED:
         job_manager.revoke_download_token(job.job_id, actor=actor, reason="full refund")
+        if job.status in (Status.PENDING, Status.PROCESSING):
+            # The customer has their money back, so the image must not be
+            # delivered; failing the job stops the pipeline at its next step.
+            job_manager.mark_failed(
+                job.job_id,
+                "payment_refunded",
+                detail="The payment was refunded in full before the image was delivered.",
+                actor=actor,
+            )
     job_manager.record_event(
         job.job_id, "refund_succeeded", actor=actor, reason=refund.reason, data=data
     )

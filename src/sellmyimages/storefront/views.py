@@ -1,6 +1,8 @@
 """The storefront: the catalog, a product page with prices, and order pages."""
 
 import logging
+
+import pyvips
 import smtplib
 
 from django.conf import settings
@@ -49,7 +51,16 @@ def thumbnail(request, name):
         path = images.catalog_path(name)
     except images.ImageRejected:
         raise Http404("No such catalog image.") from None
-    response = FileResponse(open(thumbnail_for(path), "rb"), content_type="image/jpeg")
+    # Only files the catalog lists reach libvips, so a stray SVG or other
+    # file in the folder is never rendered.
+    if path.suffix.lower() not in images.CATALOG_SUFFIXES:
+        raise Http404("No such catalog image.")
+    try:
+        preview = thumbnail_for(path)
+    except pyvips.Error as exc:
+        logger.warning("event=thumbnail_failed image=%s error=%s", name[:80], exc)
+        raise Http404("No preview for this image.") from None
+    response = FileResponse(open(preview, "rb"), content_type="image/jpeg")
     response["Cache-Control"] = "public, max-age=3600"
     return response
 

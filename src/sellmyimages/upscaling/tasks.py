@@ -12,7 +12,7 @@ from django.tasks import task
 from django.utils import timezone
 
 from sellmyimages.jobs.manager import job_manager
-from sellmyimages.jobs.models import Job, Status
+from sellmyimages.jobs.models import Job, PaymentStatus, Status
 from sellmyimages.maintenance import leases
 from sellmyimages.upscaling import submission, watch
 from sellmyimages.upscaling.backends import preferred_upscaler
@@ -39,6 +39,8 @@ def claim(job_id, attempt, owner):
     lapses.
     """
     job = job_manager.get_job(job_id)
+    if job.payment_status == PaymentStatus.REFUNDED:
+        return None
     if job.status == Status.PENDING:
         upscaler = preferred_upscaler()
         changed = job_manager.update_status(
