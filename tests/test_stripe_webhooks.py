@@ -141,6 +141,22 @@ def test_signed_body_that_is_not_json_rejected(client, job):
     assert StripeEvent.objects.count() == 0
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[1, 2]",
+        b'{"id": "evt_1", "type": "checkout.session.completed", "created": "abc"}',
+        b'{"id": "evt_2", "type": "checkout.session.completed", "created": 100000000000000000000}',
+        b'{"id": "evt_3", "type": "checkout.session.completed", "created": 1, "data": "zzz"}',
+        json.dumps({"id": "evt_" + "x" * 300, "type": "ping", "created": 1}).encode(),
+    ],
+)
+def test_signed_body_of_wrong_shape_rejected(client, job, body):
+    response = post_event(client, body)
+    assert response.status_code == 400
+    assert StripeEvent.objects.count() == 0
+
+
 def test_oversized_body_refused_before_parsing(client, job):
     event = session_event(job, "checkout.session.completed")
     event["padding"] = "x" * (1024 * 1024)

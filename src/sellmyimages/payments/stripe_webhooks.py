@@ -52,10 +52,26 @@ def verify_event(payload, signature):
     signature (stripe-python's default tolerance, 300 seconds) and
     ValueError for a body that is not a JSON event.
     """
-    stripe.Webhook.construct_event(payload, signature, settings.STRIPE_WEBHOOK_SECRET)
+    try:
+        stripe.Webhook.construct_event(payload, signature, settings.STRIPE_WEBHOOK_SECRET)
+    except stripe.SignatureVerificationError:
+        raise
+    except Exception as exc:
+        # The library builds an Event object after checking the signature
+        # and fails in several ways on a signed body of the wrong shape.
+        raise ValueError("The webhook body is not a Stripe event.") from exc
     event = json.loads(payload)
-    if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+    if (
+        not isinstance(event, dict)
+        or not isinstance(event.get("id"), str)
+        or not 0 < len(event["id"]) <= 255
+        or not isinstance(event.get("data", {}), dict)
+    ):
         raise ValueError("The webhook body is not a Stripe event.")
+    try:
+        event_time(event)
+    except (TypeError, ValueError, OverflowError, OSError) as exc:
+        raise ValueError("The webhook event's 'created' time is invalid.") from exc
     return event
 
 
