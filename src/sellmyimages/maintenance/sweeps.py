@@ -618,11 +618,14 @@ def run_sweep(name, now=None):
     started = time.monotonic()
     report = SWEEPS[name](now)
     report.seconds = time.monotonic() - started
+    counts = " ".join(
+        f"{key.replace(',', '').replace(' ', '_')}={value}" for key, value in report.counts.items()
+    )
     logger.info(
-        "event=sweep_finished sweep=%s seconds=%.3f %s",
+        "event=sweep_finished sweep=%s seconds=%.3f%s",
         name,
         report.seconds,
-        " ".join(f"{key.replace(' ', '_').replace(',', '')}={value}" for key, value in report.counts.items()),
+        f" {counts}" if counts else "",
     )
     return report
 
