@@ -556,3 +556,25 @@ def test_file_lock_admits_one_scheduler(tmp_path):
     first.release()
     assert second.acquire() is True
     second.release()
+
+
+
+def test_admin_failed_retention_applies(catalog, settings):
+    """The failed-job retention set in the admin overrides the environment's."""
+    from sellmyimages.shopsettings.config import save_settings
+    from sellmyimages.shopsettings.models import ShopSettings
+
+    settings.SMI_FAILED_RETENTION_HOURS = 7 * 24
+    save_settings(ShopSettings(failed_retention_hours=24), actor="test")
+    job = make_job(catalog("photo_cat_chelsea_451x300.png", as_name="broken.png"))
+    output = Path(settings.SMI_OUTPUT_DIR) / "partial.png"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(b"partial")
+    job_manager.mark_failed(job.job_id, "test_failure")
+    job_manager.update_job(job.job_id, output_path=str(output))
+
+    age(job, days=2)
+    sweeps.run_sweep("cleanup")
+
+    assert not output.exists()
+    assert Job.objects.get(pk=job.pk).output_path == ""

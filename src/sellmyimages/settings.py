@@ -12,7 +12,6 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
-from django.core.exceptions import ImproperlyConfigured
 
 from sellmyimages.envconfig import (
     env_bool,
@@ -399,6 +398,24 @@ LOGGING = {
     },
 }
 
+# Operating the shop (shopsettings app, jobs admin, `smi jobs`). The shop
+# owner can override the next two settings in the admin, as well as
+# SMI_MARKUP_PERCENT, SMI_DOWNLOAD_EXPIRY_HOURS, SMI_ABANDON_AFTER_HOURS,
+# SMI_FAILED_RETENTION_HOURS, SMI_ABANDONED_RETENTION_HOURS and
+# SMI_RESOLUTIONS, so code reads them through sellmyimages.shopsettings.get().
+# Hours before a download link expires that the reminder email is due.
+SMI_REMINDER_HOURS = env_int("SMI_REMINDER_HOURS", 6)
+# The grace period after a download link expires: the file is kept and the
+# customer can ask for a new link.
+SMI_OUTPUT_RETENTION_HOURS = env_int("SMI_OUTPUT_RETENTION_HOURS", 3 * 24)
+# How often a customer may ask for a new download link, per job and 24 hours.
+SMI_NEW_LINK_REQUESTS_PER_DAY = env_int("SMI_NEW_LINK_REQUESTS_PER_DAY", 3)
+# A pending or processing job unchanged for this long counts as stuck, and
+# an operator may retry it.
+SMI_STUCK_AFTER_MINUTES = env_int("SMI_STUCK_AFTER_MINUTES", 30)
+# How long each process reuses the shop settings it read from the database.
+SMI_SHOP_SETTINGS_CACHE_SECONDS = env_int("SMI_SHOP_SETTINGS_CACHE_SECONDS", 5)
+
 # Observability and outgoing webhooks (logformat.py, observability app,
 # hooks app). SMI_LOG_FORMAT picks key=value lines or one JSON object per
 # line; every handler keeps the redact filter.
@@ -432,21 +449,3 @@ SMI_WEBHOOK_MAX_ATTEMPTS = env_int("SMI_WEBHOOK_MAX_ATTEMPTS", 8)
 SMI_WEBHOOK_RETRY_BASE_SECONDS = env_int("SMI_WEBHOOK_RETRY_BASE_SECONDS", 30)
 SMI_WEBHOOK_RETRY_MAX_SECONDS = env_int("SMI_WEBHOOK_RETRY_MAX_SECONDS", 3600)
 SMI_WEBHOOK_TIMEOUT_SECONDS = env_int("SMI_WEBHOOK_TIMEOUT_SECONDS", 10)
-
-# Operating the shop (shopsettings app, jobs admin, `smi jobs`). The shop
-# owner can override the next two settings in the admin, as well as
-# SMI_MARKUP_PERCENT, SMI_DOWNLOAD_EXPIRY_HOURS, SMI_ABANDON_AFTER_HOURS,
-# SMI_FAILED_RETENTION_HOURS, SMI_ABANDONED_RETENTION_HOURS and
-# SMI_RESOLUTIONS, so code reads them through sellmyimages.shopsettings.get().
-# Hours before a download link expires that the reminder email is due.
-SMI_REMINDER_HOURS = env_int("SMI_REMINDER_HOURS", 6)
-# The grace period after a download link expires: the file is kept and the
-# customer can ask for a new link.
-SMI_OUTPUT_RETENTION_HOURS = env_int("SMI_OUTPUT_RETENTION_HOURS", 7 * 24)
-# How often a customer may ask for a new download link, per job and 24 hours.
-SMI_NEW_LINK_REQUESTS_PER_DAY = env_int("SMI_NEW_LINK_REQUESTS_PER_DAY", 3)
-# A pending or processing job unchanged for this long counts as stuck, and
-# an operator may retry it.
-SMI_STUCK_AFTER_MINUTES = env_int("SMI_STUCK_AFTER_MINUTES", 30)
-# How long each process reuses the shop settings it read from the database.
-SMI_SHOP_SETTINGS_CACHE_SECONDS = env_int("SMI_SHOP_SETTINGS_CACHE_SECONDS", 5)

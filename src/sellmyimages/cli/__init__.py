@@ -117,6 +117,6 @@ def manage(ctx):
 
 # Subcommand groups live in their own modules; importing them registers them.
 from sellmyimages.cli import jobs as _jobs  # noqa: E402,F401
-from sellmyimages.cli import payments as _payments  # noqa: E402,F401
 from sellmyimages.cli import ops as _ops  # noqa: E402,F401
+from sellmyimages.cli import payments as _payments  # noqa: E402,F401
 from sellmyimages.cli import stats as _stats  # noqa: E402,F401

@@ -73,6 +73,8 @@ def shop_config():
         download_expiry_hours=settings.SMI_DOWNLOAD_EXPIRY_HOURS,
         reminder_hours=getattr(settings, "SMI_REMINDER_HOURS", 6),
         output_retention_hours=getattr(settings, "SMI_OUTPUT_RETENTION_HOURS", 72),
+        failed_retention_hours=settings.SMI_FAILED_RETENTION_HOURS,
+        abandoned_retention_hours=settings.SMI_ABANDONED_RETENTION_HOURS,
     )
 
 
@@ -181,15 +183,19 @@ def never_delivered(now, expiry, grace):
     )
 
 
-def failed_with_files(now):
-    cutoff = now - timedelta(hours=settings.SMI_FAILED_RETENTION_HOURS)
+def failed_with_files(now, hours=None):
+    if hours is None:
+        hours = shop_config().failed_retention_hours
+    cutoff = now - timedelta(hours=hours)
     return Job.objects.filter(HOLDS_FILES, status=Status.FAILED, failed_at__lt=cutoff).order_by(
         "failed_at"
     )
 
 
-def abandoned_with_files(now):
-    cutoff = now - timedelta(hours=settings.SMI_ABANDONED_RETENTION_HOURS)
+def abandoned_with_files(now, hours=None):
+    if hours is None:
+        hours = shop_config().abandoned_retention_hours
+    cutoff = now - timedelta(hours=hours)
     return Job.objects.filter(
         HOLDS_FILES, status=Status.ABANDONED, abandoned_at__lt=cutoff
     ).order_by("abandoned_at")
@@ -501,8 +507,16 @@ def clean_up_files(now=None):
             never_delivered(now, expiry, grace),
             "output never delivered and retention passed",
         ),
-        ("failed job", failed_with_files(now), "failed job's retention passed"),
-        ("abandoned job", abandoned_with_files(now), "abandoned job's retention passed"),
+        (
+            "failed job",
+            failed_with_files(now, config.failed_retention_hours),
+            "failed job's retention passed",
+        ),
+        (
+            "abandoned job",
+            abandoned_with_files(now, config.abandoned_retention_hours),
+            "abandoned job's retention passed",
+        ),
     ):
         for job in jobs[: batch_size()]:
             report.add(f"{name} files deleted", delete_job_files(job, reason))
