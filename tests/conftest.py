@@ -86,18 +86,9 @@ def catalog(settings):
 
 def run_tasks():
     """Run every ready task in this process, as a worker would."""
-    from django_tasks_db.management.commands.db_worker import Worker
+    from sellmyimages.demo import run_worker_until_idle
 
-    Worker(
-        queue_names=["*"],
-        interval=0,
-        batch=True,
-        backend_name="default",
-        startup_delay=False,
-        max_tasks=None,
-        worker_id="pytest",
-        excluded_queue_names=[],
-    ).run()
+    run_worker_until_idle(worker_id="pytest")
 
 
 def files_in(folder):

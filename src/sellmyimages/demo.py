@@ -44,7 +44,8 @@ def add_to_catalog(source):
     return name
 
 
-def run_worker_until_idle():
+def run_worker_until_idle(worker_id="demo"):
+    """Run every ready task of the database queue in this process, then return."""
     from django_tasks_db.management.commands.db_worker import Worker
 
     Worker(
@@ -54,7 +55,7 @@ def run_worker_until_idle():
         backend_name="default",
         startup_delay=False,
         max_tasks=None,
-        worker_id="demo",
+        worker_id=worker_id,
         excluded_queue_names=[],
     ).run()
 
