@@ -358,7 +358,8 @@ def test_failed_processing_answers_500_and_runs_again(client, job, stripe_shop):
     row.refresh_from_db()
     assert row.outcome == "processed"
     assert row.attempts == 2
-    assert state(job) == ("pending", "refunded")
+    # A full refund before delivery fails the job, so no image goes out.
+    assert state(job) == ("failed", "refunded")
 
 
 # Refunds and disputes reported by Stripe
@@ -414,7 +415,8 @@ def test_refund_failed_after_success_reverses_it(client, job, stripe_shop, setti
         {"payment_intent": job.payment_intent_id}
     )
     post_event(client, charge_refunded_event(job))
-    assert state(job) == ("pending", "refunded")
+    # A full refund before delivery fails the job, so no image goes out.
+    assert state(job) == ("failed", "refunded")
 
     failed = made.to_dict() | {
         "status": "failed",
@@ -577,7 +579,8 @@ def test_refund_before_payment_event_is_delivered_again(client, job, stripe_shop
     post_event(client, make_event("checkout.session.completed", session))
     again = post_event(client, refunded)
     assert again.status_code == 200
-    assert state(job) == ("pending", "refunded")
+    # A full refund before delivery fails the job, so no image goes out.
+    assert state(job) == ("failed", "refunded")
 
 
 def test_refund_for_unknown_payment_acknowledged(client, stripe_shop):
