@@ -309,3 +309,45 @@ def test_clear_metrics_dir_keeps_own_files(tmp_path):
     deleted = metrics.clear_metrics_dir(keep_pid=202, folder=tmp_path)
     assert deleted == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_202.db", "notes.txt"]
+
+
+@pytest.mark.django_db
+def test_incoming_webhooks_counted_by_source(client, settings):
+    """Rejected Stripe and provider callbacks show up under their source."""
+    from sellmyimages.observability.metrics import WEBHOOKS_RECEIVED
+
+    def value(source, outcome):
+        sample = WEBHOOKS_RECEIVED.labels(source, outcome)
+        return sample._value.get()
+
+    settings.STRIPE_WEBHOOK_SECRET = "whsec_test"
+    before_stripe = value("stripe", "rejected")
+    before_provider = value("upsampler", "unknown_target")
+
+    client.post("/webhooks/stripe", b"{}", content_type="application/json")
+    client.post("/webhooks/upsampler/" + "x" * 40, b"{}", content_type="application/json")
+
+    assert value("stripe", "rejected") == before_stripe + 1
+    assert value("upsampler", "unknown_target") == before_provider + 1
+
+
+def test_provider_call_errors_counted():
+    """A provider that cannot be reached shows up as an error of its code."""
+    import socket
+
+    from sellmyimages.observability.metrics import PROVIDER_ERRORS
+    from sellmyimages.upscaling.backends.base import ProviderError
+    from sellmyimages.upscaling.backends.http import ProviderClient
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    sample = PROVIDER_ERRORS.labels("upsampler", "provider_unreachable")
+    before = sample._value.get()
+    client = ProviderClient("upsampler", f"http://127.0.0.1:{closed_port}", "key")
+    try:
+        with pytest.raises(ProviderError):
+            client.request("GET", "/status/1")
+    finally:
+        client.close()
+    assert sample._value.get() == before + 1

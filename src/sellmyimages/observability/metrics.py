@@ -21,6 +21,7 @@ of a metric without labels as soon as the metric is defined. With labels,
 a process that counts nothing, such as one `smi jobs list`, leaves no file.
 """
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -134,6 +135,42 @@ def count_webhook(source, outcome):
         logger.exception(
             "event=metric_failed metric=webhook_received source=%s", source
         )
+
+
+# Incoming webhook outcomes, named by the HTTP status the endpoint answered.
+WEBHOOK_OUTCOMES = {
+    200: "accepted",
+    202: "accepted",
+    400: "rejected",
+    404: "unknown_target",
+    405: "rejected",
+    413: "too_large",
+    500: "failed",
+    503: "unavailable",
+}
+
+
+def counts_webhooks(source):
+    """Decorate a webhook view so each request is counted by its outcome.
+
+    `source` is a name such as "stripe", or a callable that takes the view's
+    keyword arguments and returns one (the provider in the URL).
+    """
+
+    def decorate(view):
+        @functools.wraps(view)
+        def wrapper(request, *args, **kwargs):
+            response = view(request, *args, **kwargs)
+            name = source(**kwargs) if callable(source) else source
+            outcome = WEBHOOK_OUTCOMES.get(
+                response.status_code, f"http_{response.status_code}"
+            )
+            count_webhook(name, outcome)
+            return response
+
+        return wrapper
+
+    return decorate
 
 
 def count_webhook_sent(event, outcome):

@@ -13,6 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST, require_safe
 
 from sellmyimages.jobs.models import Job, Status
+from sellmyimages.observability import metrics
 from sellmyimages.payments.backends import get_payment_backend
 from sellmyimages.payments.backends.base import PaymentError
 from sellmyimages.payments.models import EventOutcome
@@ -36,6 +37,7 @@ def answer(status, message, **extra):
 
 
 @csrf_exempt
+@metrics.counts_webhooks("stripe")
 @require_POST
 def stripe_webhook(request):
     """Verify, store and process one Stripe event."""

@@ -17,6 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from sellmyimages.jobs.manager import job_manager
+from sellmyimages.observability import metrics
 from sellmyimages.upscaling.backends import get_upscaler
 from sellmyimages.upscaling.backends.base import CallbackRejected
 from sellmyimages.upscaling.models import ProviderSubmission
@@ -72,6 +73,7 @@ def forwarded_payload(payload):
 
 
 @csrf_exempt
+@metrics.counts_webhooks(lambda provider, secret: provider)
 @require_POST
 def provider_callback(request, provider, secret):
     """Accept a provider's callback and hand it to a confirming task."""

@@ -7,10 +7,13 @@ guarded fetcher instead (sellmyimages.fetching).
 
 import logging
 
+import time
+
 import httpx
 from django.conf import settings
 
 from sellmyimages.fetching import parse_retry_after
+from sellmyimages.observability import metrics
 from sellmyimages.upscaling.backends.base import ProviderError, Started
 
 logger = logging.getLogger(__name__)
@@ -90,6 +93,17 @@ class ProviderClient:
 
     def request(self, method, path, *, json=None, params=None):
         """Send a request and return the decoded JSON body of a 2xx response."""
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            return self.send(method, path, json=json, params=params)
+        except ProviderError as exc:
+            outcome = exc.code
+            raise
+        finally:
+            metrics.observe_provider_call(self.provider, time.monotonic() - started, outcome)
+
+    def send(self, method, path, *, json=None, params=None):
         try:
             response = self.client.request(method, path, json=json, params=params)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
