@@ -116,11 +116,11 @@ def run_demo(image, resolution, echo):
     checkout_path = order.checkout_url.removeprefix(settings.PUBLIC_BASE_URL)
     page = client.get(checkout_path)
     if page.status_code != 200:
-        raise DemoFailed(f"The checkout page answered {page.status_code}.")
+        raise DemoFailed(f"The checkout page returned HTTP {page.status_code}.")
     token = CSRF_FIELD.search(page.content.decode()).group(1)
     paid = client.post(checkout_path, {"csrfmiddlewaretoken": token, "action": "pay"})
     if paid.status_code != 302:
-        raise DemoFailed(f"Paying on the checkout page answered {paid.status_code}.")
+        raise DemoFailed(f"Paying on the checkout page returned HTTP {paid.status_code}.")
     echo("Paid on the local test checkout page.")
 
     run_worker_until_idle()
@@ -138,7 +138,7 @@ def run_demo(image, resolution, echo):
 
     response = client.get(f"/downloads/{download_token}")
     if response.status_code != 200:
-        raise DemoFailed(f"The download link answered {response.status_code}.")
+        raise DemoFailed(f"The download link returned HTTP {response.status_code}.")
     downloads = Path(settings.DATA_DIR) / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     filename = re.search(r'filename="([^"]+)"', response["Content-Disposition"]).group(1)

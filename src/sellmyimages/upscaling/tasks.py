@@ -12,7 +12,7 @@ from django.tasks import task
 from django.utils import timezone
 
 from sellmyimages.jobs.manager import job_manager
-from sellmyimages.jobs.models import Job, PaymentStatus, Status
+from sellmyimages.jobs.models import PaymentStatus, Status
 from sellmyimages.maintenance import leases
 from sellmyimages.upscaling import submission, watch
 from sellmyimages.upscaling.backends import preferred_upscaler

@@ -119,8 +119,34 @@ class RemoteUpscaler(Upscaler):
         output_pixels = job.source_width * job.source_height * job.factor**2
         return output_pixels <= max_output_megapixels(self.name) * 1_000_000
 
+    # The provider's name in messages, and the settings holding its API base
+    # URL and token; each subclass sets them.
+    display_name = ""
+    api_base_setting = ""
+    api_token_setting = ""
+    _client = None
+
+    @property
+    def client(self):
+        """Return the provider's ProviderClient, created on first use."""
+        if self._client is None:
+            from django.conf import settings
+
+            # Imported here because the HTTP client module imports this one.
+            from sellmyimages.upscaling.backends.http import ProviderClient
+
+            self._client = ProviderClient(
+                self.display_name,
+                getattr(settings, self.api_base_setting),
+                getattr(settings, self.api_token_setting),
+            )
+        return self._client
+
     def close(self):
         """Release the provider's HTTP connections."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def upscale(self, job, destination):
         raise UpscaleError(

@@ -101,7 +101,11 @@ class ProviderClient:
             outcome = exc.code
             raise
         finally:
-            metrics.observe_provider_call(self.provider, time.monotonic() - started, outcome)
+            # Labels use the lower-case name that SMI_UPSCALERS and the webhook
+            # counts use, not the display name in messages.
+            metrics.observe_provider_call(
+                self.provider.lower(), time.monotonic() - started, outcome
+            )
 
     def send(self, method, path, *, json=None, params=None):
         try:

@@ -25,7 +25,6 @@ from sellmyimages.upscaling.backends.base import (
     RemoteUpscaler,
     Started,
 )
-from sellmyimages.upscaling.backends.http import ProviderClient
 
 logger = logging.getLogger(__name__)
 
@@ -99,22 +98,9 @@ def verify_webhook(secret, headers, body, *, now=None):
 
 class ReplicateUpscaler(RemoteUpscaler):
     name = "replicate"
-
-    def __init__(self):
-        self._client = None
-
-    @property
-    def client(self):
-        if self._client is None:
-            self._client = ProviderClient(
-                "Replicate", settings.REPLICATE_API_BASE, settings.REPLICATE_API_TOKEN
-            )
-        return self._client
-
-    def close(self):
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    display_name = "Replicate"
+    api_base_setting = "REPLICATE_API_BASE"
+    api_token_setting = "REPLICATE_API_TOKEN"
 
     def check_configuration(self):
         if not settings.REPLICATE_API_TOKEN:

@@ -21,7 +21,6 @@ from sellmyimages.upscaling.backends.base import (
     RemoteUpscaler,
     Started,
 )
-from sellmyimages.upscaling.backends.http import ProviderClient
 
 logger = logging.getLogger(__name__)
 
@@ -60,22 +59,9 @@ def parse_credits(value):
 
 class UpsamplerUpscaler(RemoteUpscaler):
     name = "upsampler"
-
-    def __init__(self):
-        self._client = None
-
-    @property
-    def client(self):
-        if self._client is None:
-            self._client = ProviderClient(
-                "Upsampler", settings.UPSAMPLER_API_BASE, settings.UPSAMPLER_API_KEY
-            )
-        return self._client
-
-    def close(self):
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    display_name = "Upsampler"
+    api_base_setting = "UPSAMPLER_API_BASE"
+    api_token_setting = "UPSAMPLER_API_KEY"
 
     def check_configuration(self):
         if not settings.UPSAMPLER_API_KEY:
